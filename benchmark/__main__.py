@@ -1,0 +1,115 @@
+"""`python -m benchmark VERB ...` — every command of the suite. `python -m benchmark VERB -h` for options.
+
+    ls / show / validate      the registry (16 paper entries, 3 scales)
+    data                      prepare Dolly, the PT corpus, or the synthetic small/tiny data
+    train                     one stage: SFT or a MiniLLM hop
+    evaluate                  ROUGE-L over seeds + perplexity of one model
+    plan / run / reproduce    the chain DAG of cached, resumable stages
+    notebooks                 regenerate the tables and Figure 2 from a results directory
+    perf                      throughput / memory benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from benchmark import BenchmarkError, registry
+
+
+def _published_str(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    entries = list(registry.ENTRIES.values())
+    if args.format == "json":
+        rows = [
+            {"key": e.key, "family": e.family, "path": list(e.path), "tables": list(e.tables),
+             "figures": list(e.figures), "label": e.label,
+             "published": {"rouge_l": e.published.rouge_l, "perplexity": e.published.perplexity},
+             "sources": {"rouge_l": e.published.rouge_l_source, "perplexity": e.published.perplexity_source}}
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'key':<28} {'label':<8} {'tables':<8} {'ROUGE-L':>8} {'PPL':>7}")
+    for e in entries:
+        tables = ",".join(map(str, e.tables)) + ("+F2" if e.figures else "")
+        print(f"{e.key:<28} {e.label:<8} {tables:<8} {_published_str(e.published.rouge_l):>8} "
+              f"{_published_str(e.published.perplexity):>7}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    e = registry.get(args.key)
+    sc = registry.scale(args.scale)
+    print(f"{e.key}  ({e.label}; Tables {', '.join(map(str, e.tables))}"
+          + (f"; Figure {', '.join(map(str, e.figures))})" if e.figures else ")"))
+    print(f"published: ROUGE-L {_published_str(e.published.rouge_l)} ({e.published.rouge_l_source}), "
+          f"perplexity {_published_str(e.published.perplexity)} ({e.published.perplexity_source})")
+    print(f"scale {sc.name}: {sc.description}")
+    for i, size in enumerate(e.path):
+        role = "teacher" if i == 0 else ("student" if i == len(e.path) - 1 else "TA")
+        print(f"  {role:<8} {size:<6} {sc.model(e.family, size).describe()}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    n = 0
+    for sc in registry.SCALES.values():
+        for e in registry.ENTRIES.values():
+            registry.parse_key(e.key)
+            for size in e.path:
+                spec = sc.model(e.family, size)
+                if not spec.from_hub:
+                    spec.model_config(vocab_size=100, n_positions=64, tokenizer_ids={"bos": 0, "eos": 0, "pad": 0})
+            n += 1
+    print(f"ok: {len(registry.ENTRIES)} entries x {len(registry.SCALES)} scales = {n} resolved")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("ls", help="list the paper entries with their published numbers")
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("show", help="one entry resolved at a scale")
+    s.add_argument("key")
+    s.add_argument("--scale", default="paper", choices=list(registry.SCALES))
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("validate", help="resolve every entry at every scale")
+    s.set_defaults(func=cmd_validate)
+
+    # Each verb's module owns its options: `add_cli(subparsers)` adds its parser(s) with `func` set.
+    for module in _verb_modules():
+        module.add_cli(sub)
+    return p
+
+
+def _verb_modules():
+    import importlib
+
+    return [importlib.import_module(f"benchmark.{name}") for name in VERB_MODULES]
+
+
+VERB_MODULES: list[str] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

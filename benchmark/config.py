@@ -1,0 +1,220 @@
+"""Frozen, validated stage configs. Every default is the paper-faithful value, with the place it comes from.
+
+References: `shared/research/minillm-reference.md` (cited as "ref §N") describes microsoft/LMOps `minillm/`
+(Gu et al., ICLR 2024), whose scripts the paper ran; the paper (Yim et al.) §4 "Hyper-parameters" fixes
+temperature 1.0, lr 5e-6, distillation-loss weight 0.5 and 5000 steps.
+
+Scales override only what they must (`benchmark.registry.Scale.sft/minillm/evaluation`), via `for_scale`.
+The DeepSpeed JSON is derived from these configs by `deepspeed_config`, never kept by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from benchmark import BenchmarkError
+
+Precision = Literal["fp32", "fp16", "bf16"]
+
+
+class ConfigError(BenchmarkError, ValueError):
+    pass
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What reaches the sampler. Defaults: MiniLLM rollouts (ref §1.3 step 1: do_sample, top_k 0, top_p 1.0,
+    temperature 1.0, no n-gram blocking)."""
+
+    max_new_tokens: int = 256  # ref §1.3: max_length 512 - max_prompt_length 256
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    no_repeat_ngram_size: int = 0  # 0 = off; the test-time evaluation uses 6 (ref §5.1)
+    do_sample: bool = True  # False = greedy
+
+    def __post_init__(self):
+        _check(self.max_new_tokens > 0, "max_new_tokens must be positive")
+        _check(self.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy)")
+        _check(self.top_k >= 0 and 0 < self.top_p <= 1.0, "top_k >= 0 and 0 < top_p <= 1")
+        _check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size >= 0")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """MiniLLM phase 1 (ref §2.4 `finetune.py`): the SFT teacher and the student inits.
+
+    Response-only cross-entropy including the appended EOS; cosine decay to `lr_min` without warmup; AdamW with
+    weight decay 0.01 except MiniLLM's no-decay names; dropout on; gradient clipping 1.0; global batch 32.
+    """
+
+    lr: float = 5e-5  # per size in the scripts (ref §2.4 table); scales set it per model (ModelSpec.sft_lr)
+    lr_min: float = 1e-7  # ref §2.4: CosineAnnealingLR down to lr_min
+    warmup_steps: int = 0  # ref §2.4: no warmup
+    epochs: int = 10  # ref §2.4 (teacher/large); total_steps overrides when set
+    total_steps: int | None = None
+    batch_size: int = 32  # global: per-GPU batch x DP x grad-acc (ref §2.4)
+    weight_decay: float = 0.01
+    # ref §2.4: parameters whose name contains one of these are not decayed (GPT-2 names; OPT LayerNorms ARE
+    # decayed in the reference, mirrored on purpose).
+    no_decay: tuple[str, ...] = ("bias", "ln_f.weight", "ln_1.weight", "ln_2.weight", "ln_cross_attn")
+    betas: tuple[float, float] = (0.9, 0.999)  # torch AdamW defaults, as in finetune.py
+    grad_clip: float = 1.0
+    dropout: bool = True  # model.train() in finetune.py
+    max_length: int = 512  # prompt + response, truncated
+    max_prompt_length: int = 256
+    select_by: Literal["val_loss", "rouge_l"] = "val_loss"  # inits: val loss; teacher: ROUGE-L (ref §3.1)
+    eval_interval: int | None = None  # steps; None = once per epoch (ref §2.4)
+    val_examples: int | None = None  # None = the whole validation split (1000 records)
+    seed: int = 10
+    precision: Precision = "fp16"  # ref: ZeRO-1 fp16
+    zero_stage: int = 1
+    checkpoint_interval: int = 500  # steps between resumable checkpoints
+    version: int = 1  # bump when the meaning of a field changes (stage hashes include it)
+
+    def __post_init__(self):
+        _check(self.lr > 0 and 0 <= self.lr_min <= self.lr, f"need 0 <= lr_min <= lr, got {self.lr_min}, {self.lr}")
+        _check(self.batch_size > 0 and self.epochs > 0, "batch_size and epochs must be positive")
+        _check(self.total_steps is None or self.total_steps > 0, "total_steps must be positive")
+        _check(self.select_by in ("val_loss", "rouge_l"), f"select_by must be val_loss or rouge_l: {self.select_by}")
+        _check(self.max_prompt_length < self.max_length, "max_prompt_length must be < max_length")
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0-3")
+
+
+@dataclass(frozen=True)
+class MiniLLMConfig:
+    """One MiniLLM hop (ref §1.3, §1.4, §1.5, §2.1, checklist §8). Field names are the project's words; the
+    reference flag each one mirrors is given beside it."""
+
+    # --- optimisation (ref §1.5; paper §4 "Hyper-parameters")
+    lr: float = 5e-6  # --lr
+    betas: tuple[float, float] = (0.9, 0.95)  # hard-coded in trainer.py::setup_optimizer
+    eps: float = 1e-8
+    weight_decay: float = 1e-6  # hard-coded; --weight-decay is ignored by the RL trainer
+    warmup_steps: int = 100  # --warmup-iters; constant LR afterwards (constant_trm)
+    total_steps: int = 5000  # --total-iters, optimizer steps
+    grad_clip: float = 1.0  # --clip-grad
+    # --- invariants of a phase (ref §2.3: pinned globally, never per GPU)
+    rollouts_per_phase: int = 256  # --num-rollouts (paper-time semantics: global)
+    batch_size: int = 64  # global mini-batch = per-GPU batch x DP x grad-acc
+    ppo_epochs: int = 4  # --ppo-epochs; 4 x 256 / 64 = 16 optimizer steps per phase
+    # --- rollouts (ref §1.3 steps 1-7)
+    teacher_mixed_alpha: float = 0.2  # --teacher-mixed-alpha: sample from (1-a) q + a p; 0 disables mixing
+    max_prompt_length: int = 256  # --max-prompt-length; prompts left-padded to this with EOS
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    log_student_sample: bool = True  # ref §1.3 step 4: a pure-student sample used only for rev_kl/stu_lens logs
+    # --- reward and advantage (ref §1.3 "Reward per token", "Advantage")
+    reward_scaling: float = 0.5  # --reward-scaling: r = (log p - log q) / 0.5
+    cliprange_reward: float = 100.0  # --cliprange-reward (script value; the argparse default 1 is a trap)
+    gamma: float = 0.95  # --gamma (argparse default, no script overrides it)
+    length_normalization: bool = True  # A_t / n_t; the reference applies it unconditionally
+    whiten_include_padding: bool = True  # ref utils.py whiten over the padded B x 256 tensor; False = valid only
+    # --- losses (ref §1.3 "RL loss", "PT loss")
+    policy_gradient: bool = True  # PPO clipped surrogate; False = single-step term only (ablation)
+    cliprange: float = 0.2  # --cliprange
+    single_step: bool = True  # --single-step-reg: closed-form per-position KL(q||p), no importance weight
+    pt_coef: float = 1.0  # --lm-coef; 0 disables the PT batch (ablation)
+    kd_ratio: float = 0.5  # --kd-ratio, the paper's "weight of the distillation loss": PT = 0.5 CE + 0.5 soft-CE
+    pt_seq_length: int = 512  # PT chunks (ref §4.2)
+    # --- selection and bookkeeping
+    eval_interval: int = 100  # --eval-interval: validation ROUGE-L, best checkpoint kept (ref §1.5)
+    val_examples: int | None = 1000  # --dev-num
+    checkpoint_interval: int = 500  # --save-interval, in optimizer steps; rounded up to a phase boundary
+    seed: int = 10  # --seed (torch/np/random = seed + rank)
+    seed_ppo: int = 42  # --seed-ppo (buffer shuffling)
+    precision: Precision = "fp16"  # ds_config_zero1_fp16.json
+    zero_stage: int = 1
+    version: int = 1
+
+    def __post_init__(self):
+        _check(0.0 <= self.teacher_mixed_alpha < 1.0, "teacher_mixed_alpha must be in [0, 1)")
+        _check(self.rollouts_per_phase % self.batch_size == 0,
+               f"rollouts_per_phase ({self.rollouts_per_phase}) must be a multiple of batch_size ({self.batch_size})")
+        _check(0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]")
+        _check(self.reward_scaling > 0 and self.cliprange_reward > 0, "reward_scaling and cliprange_reward > 0")
+        _check(0.0 <= self.kd_ratio <= 1.0, "kd_ratio must be in [0, 1]")
+        _check(self.policy_gradient or self.single_step, "at least one of policy_gradient/single_step must be on")
+        _check(self.total_steps > 0 and self.eval_interval > 0, "total_steps and eval_interval must be positive")
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0-3")
+
+    @property
+    def steps_per_phase(self) -> int:
+        return self.ppo_epochs * self.rollouts_per_phase // self.batch_size
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The test-time protocol of MiniLLM's `evaluate_main.py` (ref §5.1) plus perplexity (ref §5.2)."""
+
+    seeds: tuple[int, ...] = (10, 20, 30, 40, 50)  # run_eval.sh
+    max_prompt_length: int = 256  # left-padded with EOS; longer test prompts keep their first 256 tokens
+    generation: GenerationSettings = field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=256, no_repeat_ngram_size=6)
+    )
+    batch_size: int = 8  # --eval-batch-size 8; results do not depend on it (per-example generators)
+    num_examples: int | None = None  # None = the whole test split (500)
+    precision: Precision = "fp16"
+    version: int = 1
+
+    def __post_init__(self):
+        _check(len(self.seeds) > 0, "at least one seed")
+        _check(self.batch_size > 0, "batch_size must be positive")
+
+
+def for_scale(cls, overrides: dict[str, Any], **extra):
+    """`cls()` with a scale's overrides applied; nested `generation` dicts update the nested settings."""
+    kw = dict(overrides) | extra
+    if "generation" in kw and isinstance(kw["generation"], dict):
+        base = cls().generation
+        kw["generation"] = dataclasses.replace(base, **kw["generation"])
+    return dataclasses.replace(cls(), **kw)
+
+
+def to_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(obj) -> str:
+    """A stable short hash of a config (or any JSON-able value): identity of a stage's settings."""
+    if dataclasses.is_dataclass(obj):
+        obj = {"type": type(obj).__name__, **to_dict(obj)}
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def deepspeed_config(cfg: SFTConfig | MiniLLMConfig, world_size: int, micro_batch_size: int | None = None) -> dict:
+    """The DeepSpeed JSON for a stage, derived from its config and the world size.
+
+    The global batch is an invariant of the config (ref §2.3); the per-GPU micro-batch and the gradient
+    accumulation are derived: micro x world x grad_acc == batch_size. fp16 mirrors
+    `ds_config_zero1_fp16.json` (dynamic loss scaling, initial scale 2^11, window 2000, hysteresis 4).
+    """
+    batch = cfg.batch_size
+    _check(batch % world_size == 0, f"global batch {batch} is not divisible by the world size {world_size}")
+    per_rank = batch // world_size
+    micro = micro_batch_size or per_rank
+    _check(per_rank % micro == 0, f"per-rank batch {per_rank} is not divisible by micro-batch {micro}")
+    ds: dict[str, Any] = {
+        "train_batch_size": batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": per_rank // micro,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 11, "loss_scale_window": 2000,
+                      "hysteresis": 4, "min_loss_scale": 1}
+    elif cfg.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    return ds
