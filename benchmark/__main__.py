@@ -99,7 +99,7 @@ def _verb_modules():
     return [importlib.import_module(f"benchmark.{name}") for name in VERB_MODULES]
 
 
-VERB_MODULES: list[str] = []
+VERB_MODULES: list[str] = ["data"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,230 @@
+"""Paper entries -> a DAG of content-addressed stages.
+
+    python -m benchmark plan table2 --scale paper      # the stages Table 2 needs, their status and cost
+    python -m benchmark plan gpt2/1.5B>760M>120M --scale small --out runs/small
+
+Stage kinds (one per box of the paper's Figure 1, plus data and evaluation):
+  data      prepare one family's data at a scale (synthetic at small/tiny, dolly-15k + PT corpus at paper)
+  sft       the SFT teacher or a student's SFT init (MiniLLM phase 1), only where no public checkpoint is used
+  distill   one MiniLLM hop: the student's own SFT init distilled from a teacher *stage* (a reference, never a path)
+  evaluate  ROUGE-L over the five seeds + the three perplexities of one entry's final model
+
+A stage's identity is a hash of its kind, its versioned config and the identities of its inputs; its directory is
+`stages/<readable name>-<hash>`. Entries that share a prefix (1.5B>760M is the first hop of three GPT-2 entries)
+share that stage; changing one hyperparameter changes the hash of that stage and of everything downstream only.
+
+At paper scale the teacher, the inits and the one-step students are the public MiniLLM checkpoints ("sourced"),
+which is how the paper built its chains; `retrain_one_step=True` trains the one-step hops here instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark import registry
+from benchmark.config import EvalConfig, MiniLLMConfig, SFTConfig, config_hash, for_scale, to_dict
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str  # data | sft | distill | evaluate
+    name: str  # readable: distill-gpt2-1.5B_760M_120M
+    family: str
+    config: dict  # the stage's full, versioned settings (JSON-able)
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> stage id
+    source: str | None = None  # a public checkpoint (hub id) that provides this stage's output instead
+    entry: str | None = None  # for distill/evaluate: the entry key whose path this stage ends
+    id: str = ""
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.name}-{self.id}"
+
+
+def _with_id(stage: Stage) -> Stage:
+    ident = config_hash({"kind": stage.kind, "family": stage.family, "plan_version": PLAN_VERSION, "config": stage.config,
+                         "inputs": stage.inputs, "source": stage.source})
+    return dataclasses.replace(stage, id=ident)
+
+
+def _slug(path: tuple[str, ...]) -> str:
+    return "_".join(path)
+
+
+@dataclass
+class Plan:
+    scale: str
+    stages: dict[str, Stage]  # id -> stage, in topological order
+    entries: dict[str, str]  # entry key -> its evaluate stage id
+
+    def by_kind(self, kind: str) -> list[Stage]:
+        return [s for s in self.stages.values() if s.kind == kind]
+
+    def dependents(self, stage_id: str) -> set[str]:
+        out: set[str] = set()
+        for s in self.stages.values():
+            if any(i == stage_id or i in out for i in s.inputs.values()):
+                out.add(s.id)
+        return out
+
+
+def build_plan(names: list[str], scale_name: str, *, retrain_one_step: bool = False,
+               overrides: dict[str, dict] | None = None) -> Plan:
+    """The DAG for the selected entries (`table1`.., `figure2`, `all`, families or entry keys).
+
+    `overrides` maps a stage kind ("sft", "minillm", "evaluation") to config overrides applied on top of the
+    scale's (used by tests and for experiments).
+    """
+    sc = registry.scale(scale_name)
+    overrides = overrides or {}
+    entries = registry.select(names)
+    stages: dict[str, Stage] = {}
+
+    def add(stage: Stage) -> str:
+        stage = _with_id(stage)
+        stages.setdefault(stage.id, stage)
+        return stage.id
+
+    paper = sc.name == "paper"
+    data_ids = {}
+    for fam in sorted({e.family for e in entries}):
+        data_cfg = {"scale": sc.name, "data": sc.data, "records": sc.synthetic_records,
+                    "max_prompt_length": for_scale(MiniLLMConfig, sc.minillm).max_prompt_length,
+                    "pt_seq_length": for_scale(MiniLLMConfig, sc.minillm).pt_seq_length, "seed": 0, "version": 1}
+        data_ids[fam] = add(Stage("data", f"data-{fam}-{sc.name}", fam, data_cfg))
+
+    def model_stage(family: str, size: str, role: str) -> str:
+        """The SFT teacher (role 'teacher') or a student's SFT init (role 'init')."""
+        spec = sc.model(family, size)
+        if paper:
+            return add(Stage("sft", f"sft-{family}-{size}-{role}", family, {"role": role, "size": size},
+                             source=spec.init))
+        sft = for_scale(SFTConfig, sc.sft | overrides.get("sft", {}),
+                        lr=spec.sft_lr, select_by="rouge_l" if role == "teacher" else "val_loss")
+        cfg = {"role": role, "size": size, "model": dataclasses.asdict(spec), "sft": to_dict(sft)}
+        return add(Stage("sft", f"sft-{family}-{size}-{role}", family, cfg, inputs={"data": data_ids[family]}))
+
+    minillm = for_scale(MiniLLMConfig, sc.minillm | overrides.get("minillm", {}))
+    evaluation = for_scale(EvalConfig, sc.evaluation | overrides.get("evaluation", {}))
+
+    def final_stage(family: str, path: tuple[str, ...]) -> str:
+        """The stage whose output is the last model of `path` (recursively: the teacher of a hop is the final
+        stage of the path's prefix)."""
+        if len(path) == 1:
+            return model_stage(family, path[0], "teacher")
+        key = registry.path_key(family, path)
+        student = path[-1]
+        if paper and len(path) == 2 and not retrain_one_step:
+            spec = sc.model(family, student)
+            return add(Stage("distill", f"distill-{family}-{_slug(path)}", family, {"path": list(path)},
+                             source=spec.minillm, entry=key))
+        inputs = {"teacher": final_stage(family, path[:-1]), "student": model_stage(family, student, "init"),
+                  "data": data_ids[family]}
+        cfg = {"path": list(path), "minillm": to_dict(minillm)}
+        return add(Stage("distill", f"distill-{family}-{_slug(path)}", family, cfg, inputs=inputs, entry=key))
+
+    entry_stage = {}
+    for e in entries:
+        model = final_stage(e.family, e.path)
+        scorer = model_stage(e.family, e.path[0], "teacher")
+        cfg = {"entry": e.key, "evaluation": to_dict(evaluation)}
+        entry_stage[e.key] = add(Stage("evaluate", f"evaluate-{e.family}-{_slug(e.path)}", e.family, cfg,
+                                       inputs={"model": model, "scorer": scorer, "data": data_ids[e.family]},
+                                       entry=e.key))
+    return Plan(scale=sc.name, stages=_toposort(stages), entries=entry_stage)
+
+
+def _toposort(stages: dict[str, Stage]) -> dict[str, Stage]:
+    out: dict[str, Stage] = {}
+
+    def visit(sid: str) -> None:
+        if sid in out:
+            return
+        for dep in stages[sid].inputs.values():
+            visit(dep)
+        out[sid] = stages[sid]
+
+    for sid in stages:
+        visit(sid)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Status and cost
+# ----------------------------------------------------------------------------------------------------------------
+
+DONE_FILE = "DONE.json"
+
+
+def stage_status(stage: Stage, run_dir: Path) -> str:
+    """sourced (a public checkpoint), done (finished earlier: reused, never recomputed), resume (interrupted;
+    continues from its last checkpoint) or run."""
+    if stage.source:
+        return "sourced"
+    d = run_dir / "stages" / stage.dirname
+    if (d / DONE_FILE).exists():
+        return "done"
+    if (d / "checkpoints" / "latest").exists():
+        return "resume"
+    return "run"
+
+
+# Measured at small scale on the 2-core development machine (single-thread worker, seconds): see README.
+# Paper-scale figures are GPU-hours projected from the paper's report (GPT-2 120M from the 1.5B teacher in under
+# 10 h on four V100s; OPT 2.7B from the 6.7B TA in about 40 h on four V100s), proportional to the parameters of
+# student + teacher: about 20 V100-hours per billion parameters for 5000 steps.
+_SMALL_SECONDS = {"data": 5, "sft": 120, "distill": 60, "evaluate": 45}
+_TINY_SECONDS = {"data": 2, "sft": 8, "distill": 10, "evaluate": 6}
+_PAPER_PARAMS_B = {"1.5B": 1.56, "760M": 0.77, "340M": 0.36, "120M": 0.12, "13B": 13, "6.7B": 6.7, "2.7B": 2.7,
+                   "1.3B": 1.3}
+
+
+def stage_cost(stage: Stage, scale_name: str) -> str:
+    if stage.source:
+        return "download"
+    if scale_name == "small":
+        return f"~{_SMALL_SECONDS[stage.kind]} s CPU"
+    if scale_name == "tiny":
+        return f"~{_TINY_SECONDS[stage.kind]} s CPU"
+    if stage.kind == "distill":
+        path = stage.config["path"]
+        params = _PAPER_PARAMS_B[path[-1]] + _PAPER_PARAMS_B[path[-2]]
+        return f"~{20 * params:.0f} V100-GPU-h"
+    if stage.kind == "evaluate":
+        return "~1 GPU-h"
+    return "minutes" if stage.kind == "data" else "hours (SFT)"
+
+
+def describe(plan: Plan, run_dir: Path) -> str:
+    lines = [f"plan: {len(plan.stages)} stages at scale {plan.scale} (run dir {run_dir})",
+             f"{'status':<8} {'kind':<9} {'stage':<48} {'cost':<18} inputs"]
+    names = {s.id: s.name for s in plan.stages.values()}
+    for s in plan.stages.values():
+        src = f"<- {s.source}" if s.source else ", ".join(f"{k}={names[v]}" for k, v in s.inputs.items() if k != "data")
+        lines.append(f"{stage_status(s, run_dir):<8} {s.kind:<9} {s.dirname:<48} {stage_cost(s, plan.scale):<18} {src}")
+    counts: dict[str, int] = {}
+    for s in plan.stages.values():
+        counts[stage_status(s, run_dir)] = counts.get(stage_status(s, run_dir), 0) + 1
+    lines.append("totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def write_stage_spec(stage: Stage, plan: Plan, run_dir: Path) -> Path:
+    """stage.json in the stage directory: everything `python -m benchmark _stage DIR` needs."""
+    d = run_dir / "stages" / stage.dirname
+    d.mkdir(parents=True, exist_ok=True)
+    inputs = {}
+    for role, sid in stage.inputs.items():
+        dep = plan.stages[sid]
+        # a data stage's output is DIR/data, a training stage's selected model DIR/model (Hugging Face format)
+        inputs[role] = dep.source or str(run_dir / "stages" / dep.dirname / ("data" if dep.kind == "data" else "model"))
+    spec = {"id": stage.id, "kind": stage.kind, "name": stage.name, "family": stage.family, "scale": plan.scale,
+            "entry": stage.entry, "config": stage.config, "inputs": inputs, "input_ids": stage.inputs,
+            "results": str(d / "records.jsonl")}
+    (d / "stage.json").write_text(json.dumps(spec, indent=2))
+    return d

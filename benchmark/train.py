@@ -1,0 +1,797 @@
+"""One training stage on DeepSpeed: SFT (MiniLLM phase 1) or one MiniLLM reverse-KL hop.
+
+    python -m benchmark train minillm --student S_DIR --teacher T_DIR --data DATA_DIR --out OUT [--scale small]
+    python -m benchmark train sft --model gpt2:120M --data DATA_DIR --out OUT --scale small
+    deepspeed --num_gpus 4 -m benchmark train minillm ...          # multi-GPU; torchrun works too
+
+A stage writes OUT/model (the selected checkpoint, Hugging Face format: the next hop's teacher), OUT/metrics.jsonl
+(one line per optimizer step and per validation), OUT/summary.json (written last: the stage is done) and
+resumable checkpoints under OUT/checkpoints. Killed and restarted with the same arguments it resumes from the
+last checkpoint and, on CPU with fixed seeds, ends with the same weights as an uninterrupted run.
+
+What a MiniLLM hop does (minillm-reference.md §1.3; config fields in benchmark.config.MiniLLMConfig):
+  per phase   sample `rollouts_per_phase` prompts; roll out with teacher-mixed sampling (0.8 q + 0.2 p), storing
+              log q, log p, importance weight w = q / (0.8 q + 0.2 p), reward (log p - log q)/0.5 clipped to +-100
+  4 epochs    shuffle the on-policy buffer into global mini-batches of 64; per mini-batch: length-normalised
+              discounted advantages, whitened; loss = PPO clip(rho = q_new/q_old * w) + single-step KL(q||p)
+              + 1.0 x PT(0.5 CE + 0.5 soft-CE against the teacher on pre-training chunks)
+  every 100   validation ROUGE-L (sampling, one seed) + reverse KL; the best checkpoint becomes OUT/model
+The global batch, rollouts per phase and epochs are invariants; per-GPU batch and gradient accumulation follow
+from the world size (config.deepspeed_config), and every loss is a token mean over the whole global mini-batch,
+so results do not depend on how many GPUs or micro-batches run it (a deliberate deviation from the reference's
+per-micro-batch means, which made its results depend on the GPU count: LMOps issues #118, #163).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import BenchmarkError, losses, registry
+from benchmark.config import MiniLLMConfig, SFTConfig, deepspeed_config, for_scale, to_dict
+
+
+class TrainError(BenchmarkError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributed setup and model loading (the only place that knows about DeepSpeed)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Single process without a launcher, or one rank of `deepspeed`/`torchrun`. CPU uses gloo."""
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1").items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op (~27 s) on every CPU init; gloo is enough for the
+        # CPU runs this suite does (env-feasibility.md §3). importlib, not `import deepspeed.comm.torch`, which
+        # would bind the real torch module.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return Dist(rank, world, device)
+
+
+def _dtype(precision: str, device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        return torch.float32  # fp16 matmuls are not a CPU thing; the tiny scales run fp32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def load_model(path: str, device: torch.device, dtype: torch.dtype, *, dropout: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as exc:
+        raise TrainError(f"cannot load model {path!r}: {exc}. Give a directory written by a previous stage or a "
+                         "hub id (paper scale needs hub access or a local copy)") from exc
+    if not dropout:
+        _disable_dropout(model)  # ref minillm/model.py: the policy is put in eval(), no dropout during RL
+    model.train(dropout)
+    return model.to(device)
+
+
+def build_model(spec: registry.ModelSpec, tokenizer, n_positions: int, seed: int):
+    """A freshly initialised model of a small/tiny size (the analogue of a pretrained base for SFT)."""
+    from transformers import AutoModelForCausalLM
+
+    ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+           "pad": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+    config = spec.model_config(vocab_size=len(tokenizer), n_positions=n_positions, tokenizer_ids=ids)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _engine(model, optimizer, scheduler, ds_config: dict):
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config)
+    return engine
+
+
+def _frozen_teacher(path: str, dist: Dist, precision: str, zero_stage: int):
+    """The teacher: eval mode, no gradients, half precision on GPU; sharded (ZeRO-3 inference engine) when the
+    student runs ZeRO-3, so it is never replicated on every GPU at that stage."""
+    teacher = load_model(path, dist.device, _dtype(precision, dist.device), dropout=False)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    if zero_stage == 3 and dist.world_size > 1:
+        import deepspeed
+
+        cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+               "fp16": {"enabled": precision == "fp16"}, "bf16": {"enabled": precision == "bf16"}}
+        teacher = deepspeed.initialize(model=teacher, config=cfg)[0].module
+        teacher.eval()
+    return teacher
+
+
+def _check_pair(student, teacher, student_path: str, teacher_path: str, data) -> None:
+    """Clear errors before any compute: a chain must share one vocabulary and one tokenizer (ref §3.3)."""
+    from transformers import AutoTokenizer
+
+    sv, tv = student.config.vocab_size, teacher.config.vocab_size
+    if sv != tv:
+        raise TrainError(f"student {student_path} has vocabulary {sv}, teacher {teacher_path} has {tv}: a MiniLLM "
+                         "hop needs one shared vocabulary (rewards and the single-step KL are per token)")
+    for path, model in ((student_path, student), (teacher_path, teacher)):
+        if model.config.model_type != data.family:
+            raise TrainError(f"{path} is a {model.config.model_type} model but {data.path} was prepared for "
+                             f"{data.family}: prepare data with --family {model.config.model_type}")
+        tok_dir = Path(path)
+        if (tok_dir / "tokenizer.json").exists():
+            if AutoTokenizer.from_pretrained(tok_dir).get_vocab() != data.tokenizer.get_vocab():
+                raise TrainError(f"the tokenizer saved with {path} differs from the data's tokenizer "
+                                 f"({data.path}/tokenizer): the data was prepared with another tokenizer")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: atomic, resumable, the selected model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int, rank: int) -> None:
+    # ref utils.py::set_random_seed: seed + rank for torch/numpy/random
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def save_checkpoint(engine, ckpt_root: Path, step: int, client_state: dict, dist: Dist, keep: int = 1) -> None:
+    """Full state (model, optimizer, scheduler, loss scaler via DeepSpeed; RNG, sampler position, step and
+    best-so-far in client_state), written to a temporary directory and renamed: never half-written."""
+    name = f"step-{step:06d}"
+    tmp = ckpt_root / f".tmp-{name}"
+    if dist.is_main and tmp.exists():
+        shutil.rmtree(tmp)
+    torch.distributed.barrier()
+    engine.save_checkpoint(str(tmp), tag="state", client_state=client_state | {"rng": _rng_state()},
+                           save_latest=False)
+    torch.distributed.barrier()
+    if dist.is_main:
+        final = ckpt_root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(ckpt_root / "latest", name)
+        older = sorted(p for p in ckpt_root.glob("step-*") if p.name != name)
+        for old in older[: max(0, len(older) - (keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+    torch.distributed.barrier()
+
+
+def load_checkpoint(engine, ckpt_root: Path) -> dict | None:
+    latest = ckpt_root / "latest"
+    if not latest.exists():
+        return None
+    path = ckpt_root / latest.read_text().strip()
+    _, client = engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if client is None:
+        raise TrainError(f"checkpoint {path} could not be loaded; delete {ckpt_root} to restart this stage")
+    _set_rng_state(client.pop("rng"))
+    return client
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model(engine, tokenizer, out: Path, dist: Dist, zero_stage: int) -> None:
+    """The selected model in Hugging Face format (atomically replaced), with the tokenizer beside it."""
+    state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
+    if dist.is_main:
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        engine.module.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    torch.distributed.barrier()
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not (self.enabled and self.path.exists()):
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        _write_atomic(self.path, "".join(ln + "\n" for ln in keep))
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _gen(*seed_parts: int) -> torch.Generator:
+    """A CPU generator from a tuple of ints: derived, not stateful, so resume needs no generator state."""
+    seed = 0
+    for p in seed_parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _response_batch(prompt_ids, prompt_mask, response_ids, response_mask):
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
+    return ids, mask
+
+
+def _response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask):
+    """Logits at the positions that predict each response token: [B, T, V]."""
+    from benchmark.sampling import forward_logits
+
+    ids, mask = _response_batch(prompt_ids, prompt_mask, response_ids, response_mask)
+    T = response_ids.shape[1]
+    logits = forward_logits(model, ids, mask, logits_to_keep=T + 1)
+    return logits[:, :-1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation: sampled ROUGE-L + reverse KL on the validation split
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model, teacher, examples, *, tokenizer, eos_token_id: int, max_prompt_length: int, settings,
+             batch_size: int, seed: int, dist: Dist) -> dict:
+    """Validation ROUGE-L of the student's samples (one seed, no n-gram blocking: the reference's training-time
+    validation, ref §1.5 and LMOps #329) and, with a teacher, the student's sequence-level reverse KL: the exact
+    per-position KL(q||p) summed over each sampled response, averaged over prompts. Examples are sharded over
+    ranks and gathered."""
+    from benchmark.evaluate import postprocess, rouge_l
+    from benchmark.sampling import example_generators, left_pad, sample
+
+    was_training = model.training
+    model.eval()
+    idx = list(range(dist.rank, len(examples), dist.world_size))
+    preds, kls = {}, {}
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start : start + batch_size]
+        p_ids, p_mask = left_pad([examples[i].prompt_ids for i in chunk], eos_token_id, max_prompt_length)
+        p_ids, p_mask = p_ids.to(dist.device), p_mask.to(dist.device)
+        out = sample(model, p_ids, p_mask, settings, eos_token_id=eos_token_id,
+                     generators=example_generators(seed, chunk))
+        texts = tokenizer.batch_decode(out.response_ids.cpu(), skip_special_tokens=True)
+        for i, text in zip(chunk, texts):
+            preds[i] = postprocess(text, tokenizer.eos_token)
+        if teacher is not None:
+            s_logits = _response_logits(model, p_ids, p_mask, out.response_ids, out.response_mask)
+            t_logits = _response_logits(teacher, p_ids, p_mask, out.response_ids, out.response_mask)
+            seq_kl = losses.sequence_reverse_kl(s_logits.float(), t_logits.float(), out.response_mask)
+            kls.update(zip(chunk, seq_kl.cpu().tolist()))
+    gathered: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, (preds, kls))
+    preds = {k: v for p, _ in gathered for k, v in p.items()}
+    kls = {k: v for _, k_ in gathered for k, v in k_.items()}
+    order = sorted(preds)
+    result = {"val_rouge_l": rouge_l([preds[i] for i in order], [examples[i].output for i in order])}
+    if kls:
+        result["val_rev_kl"] = float(np.mean([kls[i] for i in order]))
+    model.train(was_training)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MiniLLM
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Buffer:
+    """The on-policy rollout store of one phase (ref storages.py: cleared every phase, no replay). Every rank
+    holds the whole global buffer (gathered after the rollouts), so mini-batch composition is independent of
+    the world size."""
+
+    prompt_ids: torch.Tensor  # [N, P] left-padded
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor  # [N, T]
+    response_mask: torch.Tensor  # [N, T] float, EOS inside
+    old_logprobs: torch.Tensor  # log q at sampling time
+    weights: torch.Tensor  # importance weights w
+    rewards: torch.Tensor  # scaled, clipped per-token rewards
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def take(self, idx) -> Buffer:
+        return Buffer(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
+
+    def to(self, device) -> Buffer:
+        return Buffer(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
+
+def _gather_buffer(local: Buffer, dist: Dist) -> Buffer:
+    if dist.world_size == 1:
+        return local
+    parts: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(parts, local.to("cpu"))
+    # Rank r rolled out prompts r, r+W, r+2W, ... of the phase: interleave back into phase order.
+    n = sum(len(p) for p in parts)
+    order = torch.empty(n, dtype=torch.long)
+    for r in range(dist.world_size):
+        order[torch.arange(r, n, dist.world_size)] = torch.arange(sum(len(p) for p in parts[:r]),
+                                                                  sum(len(p) for p in parts[: r + 1]))
+    cat = Buffer(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Buffer)))
+    return cat.take(order).to(dist.device)
+
+
+@torch.no_grad()
+def collect_rollouts(student, teacher, prompts: list[list[int]], draw_ids: list[int], cfg: MiniLLMConfig,
+                     eos_token_id: int, dist: Dist, chunk_size: int) -> tuple[Buffer, dict]:
+    """Teacher-mixed rollouts for this rank's prompts (ref sampler.py::run_sample, §1.3 steps 1-7)."""
+    from benchmark.sampling import example_generators, left_pad, sample
+
+    parts, stats = [], {"mixed_lens": [], "stu_lens": [], "rev_kl": []}
+    for start in range(0, len(prompts), chunk_size):
+        batch, ids = prompts[start : start + chunk_size], draw_ids[start : start + chunk_size]
+        p_ids, p_mask = left_pad(batch, eos_token_id, cfg.max_prompt_length)
+        p_ids, p_mask = p_ids.to(dist.device), p_mask.to(dist.device)
+        # Each rollout's randomness comes from (seed, global draw index): independent of ranks and chunking.
+        out = sample(student, p_ids, p_mask, cfg.generation, eos_token_id=eos_token_id,
+                     generators=example_generators(cfg.seed, ids), mix_model=teacher,
+                     mix_alpha=cfg.teacher_mixed_alpha, return_logprobs=True)
+        mask = out.response_mask
+        w = losses.importance_weights(out.student_logprobs, out.teacher_logprobs, cfg.teacher_mixed_alpha)
+        r = losses.rewards(out.teacher_logprobs, out.student_logprobs, mask, cfg.reward_scaling,
+                           cfg.cliprange_reward)
+        parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, out.student_logprobs, w * mask + (1 - mask), r))
+        stats["mixed_lens"].append(out.lengths.float())
+        if cfg.log_student_sample:
+            # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging
+            stu = sample(student, p_ids, p_mask, cfg.generation, eos_token_id=eos_token_id,
+                         generators=example_generators(cfg.seed + 1, ids), mix_model=teacher, mix_alpha=0.0,
+                         return_logprobs=True)
+            stats["stu_lens"].append(stu.lengths.float())
+            stats["rev_kl"].append(((stu.student_logprobs - stu.teacher_logprobs) * stu.response_mask).sum(-1))
+    local = Buffer(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Buffer)))
+    return local, {k: torch.cat(v).mean().item() for k, v in stats.items() if v}
+
+
+def _ppo_micro_loss(engine, teacher, mb: Buffer, advantages, cfg: MiniLLMConfig, n_tokens: float,
+                    pt_batch: torch.Tensor | None, n_pt_tokens: float) -> tuple[torch.Tensor, dict]:
+    """Loss of one micro-batch, scaled so that the sum over micro-batches and ranks is the global token mean."""
+    s_logits = _response_logits(engine, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    s_logits = s_logits.float() / cfg.generation.temperature
+    stats, loss = {}, s_logits.new_zeros(())
+    if cfg.policy_gradient:
+        logprobs = losses.token_logprobs(s_logits, mb.response_ids)
+        pg = losses.ppo_clip_loss(logprobs, mb.old_logprobs, mb.weights, advantages, mb.response_mask,
+                                  cfg.cliprange, num_tokens=n_tokens)
+        loss, stats["pg_loss"] = loss + pg, pg.item()
+    with torch.no_grad():
+        t_logits = _response_logits(teacher, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    reg = losses.single_step_kl(s_logits, t_logits.float(), mb.response_mask, num_tokens=n_tokens)
+    stats["reg_loss"] = reg.item()
+    if cfg.single_step:
+        loss = loss + reg
+    if pt_batch is not None:
+        from benchmark.sampling import forward_logits
+
+        inp, labels = pt_batch[:, :-1], pt_batch[:, 1:]
+        ones = torch.ones_like(inp)
+        s_pt = forward_logits(engine, inp, ones).float()
+        with torch.no_grad():
+            t_pt = forward_logits(teacher, inp, ones).float()
+        pt = losses.pt_loss(s_pt, t_pt, labels, cfg.kd_ratio, num_tokens=n_pt_tokens)
+        loss, stats["pt_loss"] = loss + cfg.pt_coef * pt, pt.item()
+    return loss, stats
+
+
+def train_minillm(student_path: str, teacher_path: str, data_dir: str | Path, out_dir: str | Path,
+                  cfg: MiniLLMConfig, *, progress: bool = True) -> Path:
+    """Distil `teacher_path` into `student_path` (its SFT init) with MiniLLM; returns OUT/model."""
+    from benchmark.data import load_prepared
+
+    out = Path(out_dir)
+    dist = init_distributed()
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
+    torch.distributed.barrier()
+    _seed_everything(cfg.seed, dist.rank)
+    student = load_model(student_path, dist.device, torch.float32, dropout=False)
+    teacher = _frozen_teacher(teacher_path, dist, cfg.precision, cfg.zero_stage)
+    data = load_prepared(data_dir, family=student.config.model_type)
+    _check_pair(student, teacher, student_path, teacher_path, data)
+    tok, eos = data.tokenizer, data.eos_token_id
+    prompts = [ex.prompt_ids for ex in data.split("train")]
+    val = data.split("valid")[: cfg.val_examples]
+    pt_chunks = data.pt_chunks() if cfg.pt_coef > 0 else None
+    if cfg.pt_coef > 0 and pt_chunks is None:
+        raise TrainError(f"{data.path} has no pre-training chunks (pt.npy) but pt_coef={cfg.pt_coef}: prepare them "
+                         "with `python -m benchmark data pt ...` or set pt_coef=0 (the 'no PT loss' ablation)")
+    if pt_chunks is not None:
+        pt_chunks = torch.from_numpy(pt_chunks[:, : cfg.pt_seq_length].astype(np.int64))
+
+    ds = deepspeed_config(cfg, dist.world_size)
+    micro, gas = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)  # ref trainer.py::setup_optimizer
+    # ref `constant_trm` = transformers' get_constant_schedule_with_warmup: lr x s/warmup, then constant. Its
+    # first optimizer step therefore runs at lr 0; mirrored on purpose.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / cfg.warmup_steps if s < cfg.warmup_steps else 1.0)
+    engine = _engine(student, opt, sched, ds)
+
+    log = MetricsLog(out / "metrics.jsonl", dist.is_main)
+    state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "phase": 0, "best": None, "history": []}
+    log.truncate_after(state["step"])
+    if state["step"] == 0 and not state["history"]:
+        v = validate(engine.module, teacher, val, tokenizer=tok, eos_token_id=eos,
+                     max_prompt_length=cfg.max_prompt_length, settings=cfg.generation, batch_size=micro,
+                     seed=cfg.seed, dist=dist)
+        state["history"].append({"step": 0, **v})
+        log.write(step=0, kind="validation", **v)
+
+    n_prompts = len(prompts)
+    per_rank = cfg.rollouts_per_phase // dist.world_size
+    pbar = tqdm(total=cfg.total_steps, initial=state["step"], desc="minillm steps", disable=not (progress and
+                dist.is_main), dynamic_ncols=True)
+    t_start = time.time()
+    while state["step"] < cfg.total_steps:
+        phase = state["phase"]
+        t0 = time.time()
+        # Prompt sampler: a fresh permutation per pass over the data; phase k takes draws k*R .. (k+1)*R - 1.
+        draws = list(range(phase * cfg.rollouts_per_phase, (phase + 1) * cfg.rollouts_per_phase))
+        mine = draws[dist.rank :: dist.world_size][:per_rank]
+        order = {}
+        for d in mine:
+            epoch = d // n_prompts
+            if epoch not in order:
+                order[epoch] = torch.randperm(n_prompts, generator=_gen(cfg.seed, epoch))
+        prompt_batch = [prompts[order[d // n_prompts][d % n_prompts]] for d in mine]
+        engine.module.eval()
+        local, roll_stats = collect_rollouts(engine.module, teacher, prompt_batch, mine, cfg, eos, dist, micro)
+        buf = _gather_buffer(local, dist)
+        t_roll = time.time() - t0
+
+        phase_tokens = 0
+        for ppo_epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(len(buf), generator=_gen(cfg.seed_ppo, phase, ppo_epoch))
+            for mb_start in range(0, len(buf) - cfg.batch_size + 1, cfg.batch_size):  # drop_last, ref storages.py
+                if state["step"] >= cfg.total_steps:
+                    break
+                t_step = time.time()
+                mb = buf.take(perm[mb_start : mb_start + cfg.batch_size])
+                # Advantages of the whole global mini-batch: every rank holds it, so whitening statistics are the
+                # reference's all-rank statistics (ref utils.py) without depending on the world size.
+                adv = losses.minillm_advantages(mb.rewards, mb.response_mask, cfg.gamma, cfg.length_normalization)
+                adv = losses.whiten(adv, mb.response_mask, include_padding=cfg.whiten_include_padding,
+                                    distributed=False)
+                n_tokens = mb.response_mask.sum().item()
+                mine_mb = slice(dist.rank * micro * gas, (dist.rank + 1) * micro * gas)
+                pt_rows = None
+                if pt_chunks is not None:
+                    g = state["step"] * cfg.batch_size
+                    rows = torch.arange(g, g + cfg.batch_size) % len(pt_chunks)
+                    pt_rows = pt_chunks[rows].to(dist.device)
+                n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1) if pt_chunks is not None else 1.0
+                step_stats: dict[str, float] = {}
+                for k in range(gas):
+                    sl = slice(mine_mb.start + k * micro, mine_mb.start + (k + 1) * micro)
+                    loss, st = _ppo_micro_loss(engine, teacher, mb.take(torch.arange(sl.start, sl.stop)),
+                                               adv[sl], cfg, n_tokens,
+                                               pt_rows[sl] if pt_rows is not None else None, n_pt)
+                    # DeepSpeed averages gradients over ranks; the loss is already the rank's share of the
+                    # global token mean, so undo the averaging and skip DeepSpeed's 1/GA scaling.
+                    engine.backward(loss * dist.world_size, scale_wrt_gas=False)
+                    engine.step()
+                    for key, val in st.items():
+                        step_stats[key] = step_stats.get(key, 0.0) + val
+                step_stats = {k: _all_reduce_sum(v, dist) for k, v in step_stats.items()}
+                state["step"] += 1
+                phase_tokens += int(mb.response_mask.sum().item())
+                valid = mb.response_mask.bool()
+                record = {"step": state["step"], "kind": "train", "phase": phase, **step_stats,
+                          "reward": mb.rewards[valid].mean().item() if valid.any() else 0.0,
+                          "lr": sched.get_last_lr()[0], **roll_stats,
+                          "tokens_per_s": mb.response_mask.sum().item() / max(time.time() - t_step, 1e-9)}
+                log.write(**record)
+                pbar.update(1)
+                pbar.set_postfix(reg=f"{step_stats.get('reg_loss', 0):.3f}", refresh=False)
+                if state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.total_steps:
+                    _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out)
+        state["phase"] = phase + 1
+        log.write(step=state["step"], kind="phase", phase=phase, rollout_s=t_roll, phase_s=time.time() - t0,
+                  response_tokens=phase_tokens)
+        steps_done = state["step"]
+        due = steps_done // cfg.checkpoint_interval != (steps_done - cfg.steps_per_phase) // cfg.checkpoint_interval
+        if due or steps_done >= cfg.total_steps:
+            save_checkpoint(engine, out / "checkpoints", steps_done, state, dist)
+    pbar.close()
+    return _finish(out, state, dist, kind="minillm", cfg=cfg, wall=time.time() - t_start,
+                   inputs={"student": student_path, "teacher": teacher_path, "data": str(data_dir)})
+
+
+def _all_reduce_sum(x: float, dist: Dist) -> float:
+    if dist.world_size == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=dist.device)
+    torch.distributed.all_reduce(t)
+    return t.item()
+
+
+def _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out) -> None:
+    """Validation and best-checkpoint selection by validation ROUGE-L (ref §1.5, paper B.1)."""
+    v = validate(engine.module, teacher, val, tokenizer=tok, eos_token_id=eos, max_prompt_length=cfg.max_prompt_length,
+                 settings=cfg.generation, batch_size=micro, seed=cfg.seed, dist=dist)
+    state["history"].append({"step": state["step"], **v})
+    log.write(step=state["step"], kind="validation", **v)
+    if state["best"] is None or v["val_rouge_l"] > state["best"]["val_rouge_l"]:
+        state["best"] = {"step": state["step"], **v}
+        save_model(engine, tok, out / "model", dist, cfg.zero_stage)
+
+
+def _finish(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: float, inputs: dict) -> Path:
+    if dist.is_main:
+        summary = {"kind": kind, "best": state["best"], "history": state["history"], "steps": state["step"],
+                   "config": to_dict(cfg), "inputs": inputs, "world_size": dist.world_size, "wall_time_s": wall}
+        _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    torch.distributed.barrier()
+    return out / "model"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SFT (MiniLLM phase 1)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _sft_batch(examples, max_length: int, pad_id: int, device):
+    """Right-padded prompt+response, labels only on the response (its EOS included; ref finetune.py)."""
+    seqs, labels = [], []
+    for ex in examples:
+        ids = (list(ex.prompt_ids) + list(ex.response_ids))[:max_length]
+        lab = ([-100] * len(ex.prompt_ids) + list(ex.response_ids))[:max_length]
+        seqs.append(ids)
+        labels.append(lab)
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    lab = torch.full((len(seqs), L), -100, dtype=torch.long)
+    for i, (s, y) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)], mask[i, : len(s)], lab[i, : len(y)] = torch.tensor(s), 1, torch.tensor(y)
+    # position t predicts token t+1
+    return ids.to(device), mask.to(device), lab[:, 1:].to(device)
+
+
+@torch.no_grad()
+def _val_loss(model, examples, cfg: SFTConfig, pad_id: int, dist: Dist, batch: int) -> float:
+    """Token-mean response CE (EOS included) on the validation split: selects the student inits (ref §2.4)."""
+    from benchmark.sampling import forward_logits
+
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(dist.rank * batch, len(examples), batch * dist.world_size):
+        ids, mask, labels = _sft_batch(examples[start : start + batch], cfg.max_length, pad_id, dist.device)
+        logits = forward_logits(model, ids, mask)[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+        total, count = total + nll.item(), count + int((labels != -100).sum())
+    model.train(was)
+    return _all_reduce_sum(total, dist) / max(1.0, _all_reduce_sum(count, dist))
+
+
+def train_sft(model: str | registry.ModelSpec, data_dir: str | Path, out_dir: str | Path, cfg: SFTConfig, *,
+              progress: bool = True) -> Path:
+    """Fine-tune a base model (hub id, directory, or a small/tiny ModelSpec built here) on the prepared Dolly
+    train split; returns OUT/model, the checkpoint with the best validation loss (or ROUGE-L for a teacher)."""
+    from benchmark.data import load_prepared
+    from benchmark.sampling import forward_logits
+
+    out = Path(out_dir)
+    dist = init_distributed()
+    if dist.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.distributed.barrier()
+    _seed_everything(cfg.seed, dist.rank)
+    if isinstance(model, registry.ModelSpec):
+        data = load_prepared(data_dir, family=model.arch)
+        net = build_model(model, data.tokenizer, n_positions=cfg.max_length, seed=cfg.seed).to(dist.device)
+        source = dataclasses.asdict(model)
+    else:
+        net = load_model(model, dist.device, torch.float32, dropout=cfg.dropout)
+        data = load_prepared(data_dir, family=net.config.model_type)
+        source = model
+    if not cfg.dropout:
+        _disable_dropout(net)
+    net.train()
+    tok, pad = data.tokenizer, data.eos_token_id
+    train = data.split("train")
+    val = data.split("valid")[: cfg.val_examples]
+    steps_per_epoch = len(train) // cfg.batch_size
+    total = cfg.total_steps or cfg.epochs * steps_per_epoch
+    eval_interval = cfg.eval_interval or steps_per_epoch
+
+    # ref §2.4: AdamW, weight decay 0.01 except the no-decay names; cosine to lr_min, no warmup
+    decay = [p for n, p in net.named_parameters() if not any(nd in n for nd in cfg.no_decay)]
+    no_decay = [p for n, p in net.named_parameters() if any(nd in n for nd in cfg.no_decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+
+    def lr_lambda(s: int) -> float:
+        if s < cfg.warmup_steps:
+            return (s + 1) / cfg.warmup_steps
+        frac = min(1.0, (s - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return (cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * frac))) / cfg.lr
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    ds = deepspeed_config(cfg, dist.world_size)
+    micro, gas = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    engine = _engine(net, opt, sched, ds)
+    log = MetricsLog(out / "metrics.jsonl", dist.is_main)
+    state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "best": None, "history": []}
+    log.truncate_after(state["step"])
+
+    pbar = tqdm(total=total, initial=state["step"], desc="sft steps", disable=not (progress and dist.is_main),
+                dynamic_ncols=True)
+    t_start = time.time()
+    while state["step"] < total:
+        step = state["step"]
+        epoch, k = divmod(step, steps_per_epoch)
+        perm = torch.randperm(len(train), generator=_gen(cfg.seed, epoch))
+        rows = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
+        batch = [train[i] for i in rows]
+        ids, mask, labels = _sft_batch(batch, cfg.max_length, pad, dist.device)
+        n_tokens = int((labels != -100).sum())
+        t0 = time.time()
+        loss_sum = 0.0
+        for m in range(gas):
+            lo = (dist.rank * gas + m) * micro
+            sl = slice(lo, lo + micro)
+            logits = forward_logits(engine, ids[sl], mask[sl])[:, :-1].float()
+            loss = losses.lm_cross_entropy(logits, labels[sl], num_tokens=n_tokens)
+            engine.backward(loss * dist.world_size, scale_wrt_gas=False)
+            engine.step()
+            loss_sum += loss.item()
+        state["step"] += 1
+        log.write(step=state["step"], kind="train", loss=_all_reduce_sum(loss_sum, dist), lr=sched.get_last_lr()[0],
+                  tokens_per_s=float(mask.sum()) / max(time.time() - t0, 1e-9))
+        pbar.update(1)
+        if state["step"] % eval_interval == 0 or state["step"] == total:
+            v = {"val_loss": _val_loss(engine.module, val, cfg, pad, dist, micro)}
+            if cfg.select_by == "rouge_l":
+                from benchmark.config import GenerationSettings
+
+                v |= validate(engine.module, None, val, tokenizer=tok, eos_token_id=pad,
+                              max_prompt_length=cfg.max_prompt_length,
+                              settings=GenerationSettings(max_new_tokens=cfg.max_length - cfg.max_prompt_length),
+                              batch_size=micro, seed=cfg.seed, dist=dist)
+            state["history"].append({"step": state["step"], **v})
+            log.write(step=state["step"], kind="validation", **v)
+            pbar.set_postfix(val_loss=f"{v['val_loss']:.3f}", refresh=False)
+            best = state["best"]
+            improved = best is None or (v["val_rouge_l"] > best["val_rouge_l"] if cfg.select_by == "rouge_l"
+                                        else v["val_loss"] < best["val_loss"])
+            if improved:
+                state["best"] = {"step": state["step"], **v}
+                save_model(engine, tok, out / "model", dist, cfg.zero_stage)
+        if state["step"] % cfg.checkpoint_interval == 0 or state["step"] == total:
+            save_checkpoint(engine, out / "checkpoints", state["step"], state, dist)
+    pbar.close()
+    return _finish(out, state, dist, kind="sft", cfg=cfg, wall=time.time() - t_start,
+                   inputs={"model": source, "data": str(data_dir)})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _json_overrides(text: str | None) -> dict:
+    return json.loads(text) if text else {}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    sc = registry.scale(args.scale)
+    if args.kind == "minillm":
+        cfg = for_scale(MiniLLMConfig, sc.minillm | _json_overrides(args.set))
+        train_minillm(args.student, args.teacher, args.data, args.out, cfg, progress=not args.quiet)
+    else:
+        extra = _json_overrides(args.set)
+        if ":" in args.model and not Path(args.model).exists():
+            family, size = args.model.split(":", 1)
+            spec = sc.model(family, size)
+            model = spec if not spec.from_hub else spec.base
+            if spec.sft_lr is not None:
+                extra = {"lr": spec.sft_lr} | extra
+        else:
+            model = args.model
+        cfg = for_scale(SFTConfig, sc.sft | extra)
+        train_sft(model, args.data, args.out, cfg, progress=not args.quiet)
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("train", help="run one training stage (SFT or a MiniLLM hop) on DeepSpeed",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=["sft", "minillm"])
+    p.add_argument("--data", required=True, help="prepared data directory (python -m benchmark data ...)")
+    p.add_argument("--out", required=True, help="stage output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--student", help="minillm: the student's SFT init (directory or hub id)")
+    p.add_argument("--teacher", help="minillm: the teacher (directory or hub id)")
+    p.add_argument("--model", help="sft: a base model (directory, hub id) or FAMILY:SIZE of the scale, e.g. gpt2:120M")
+    p.add_argument("--scale", default="paper", choices=list(registry.SCALES),
+                   help="apply this scale's config overrides (default: paper-faithful values)")
+    p.add_argument("--set", help='JSON of config overrides, e.g. \'{"total_steps": 100}\'')
+    p.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # appended by the deepspeed launcher
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_checked_train)
+
+
+def _checked_train(args: argparse.Namespace) -> int:
+    if args.kind == "minillm" and not (args.student and args.teacher):
+        raise TrainError("train minillm needs --student (the SFT init) and --teacher")
+    if args.kind == "sft" and not args.model:
+        raise TrainError("train sft needs --model (directory, hub id or FAMILY:SIZE)")
+    return cmd_train(args)

@@ -1,0 +1,91 @@
+"""The stage DAG: unique stages, shared prefixes, invalidation, sources at paper scale."""
+
+import pytest
+
+from benchmark.plan import build_plan, describe, stage_status
+
+
+def _kinds(plan):
+    out = {}
+    for s in plan.stages.values():
+        key = (s.kind, "sourced" if s.source else "built")
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("scale", ["small", "tiny"])
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_unique_stages_trained_scales(scale, family):
+    plan = build_plan([family], scale)
+    # 1 data, 4 SFT (teacher + 3 inits), 7 hops (every path prefix is itself an entry), 8 evaluations
+    assert _kinds(plan) == {("data", "built"): 1, ("sft", "built"): 4, ("distill", "built"): 7,
+                            ("evaluate", "built"): 8}
+    assert len(plan.entries) == 8
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_unique_stages_paper_scale_sources_public_checkpoints(family):
+    plan = build_plan([family], "paper")
+    # the teacher, the 3 one-step students and the inits that multi-step hops need (2: the largest student is
+    # only reached in one step) come from the hub; the 4 multi-step hops are trained
+    assert _kinds(plan) == {("data", "built"): 1, ("sft", "sourced"): 3, ("distill", "sourced"): 3,
+                            ("distill", "built"): 4, ("evaluate", "built"): 8}
+    if family == "gpt2":
+        hop = next(s for s in plan.stages.values() if s.kind == "distill" and s.config["path"] == ["1.5B", "760M", "120M"])
+        teacher = plan.stages[hop.inputs["teacher"]]
+        student = plan.stages[hop.inputs["student"]]
+        # the paper's construction: init-gpt2-120M distilled from MiniLLM-gpt2-760M
+        assert teacher.source == "MiniLLM/MiniLLM-gpt2-760M" and student.source == "MiniLLM/init-gpt2-120M"
+    retrained = build_plan([family], "paper", retrain_one_step=True)
+    assert _kinds(retrained)[("distill", "built")] == 7 and _kinds(retrained)[("sft", "sourced")] == 4
+
+
+def test_all_entries_of_both_families():
+    plan = build_plan(["all"], "small")
+    assert len(plan.stages) == 40 and len(plan.entries) == 16
+
+
+def test_shared_prefixes_share_stage_identities():
+    a = build_plan(["gpt2/1.5B>760M>120M"], "small")
+    b = build_plan(["gpt2/1.5B>760M>340M>120M"], "small")
+    hop = lambda p, path: next(s.id for s in p.stages.values() if s.kind == "distill" and s.config["path"] == path)
+    assert hop(a, ["1.5B", "760M"]) == hop(b, ["1.5B", "760M"])
+    # the same student size distilled from different teachers is a different stage
+    assert hop(a, ["1.5B", "760M", "120M"]) != hop(b, ["1.5B", "760M", "340M", "120M"])
+    # a hop's teacher is a reference to the prefix's stage
+    last = next(s for s in a.stages.values() if s.kind == "distill" and s.config["path"] == ["1.5B", "760M", "120M"])
+    assert last.inputs["teacher"] == hop(a, ["1.5B", "760M"])
+    # topological order: inputs come first
+    order = list(a.stages)
+    for s in a.stages.values():
+        assert all(order.index(d) < order.index(s.id) for d in s.inputs.values())
+
+
+def test_config_change_invalidates_exactly_the_dependents():
+    base = build_plan(["gpt2"], "small")
+    changed = build_plan(["gpt2"], "small", overrides={"minillm": {"lr": 1e-4}})
+    same = set(base.stages) & set(changed.stages)
+    kinds_same = sorted(base.stages[s].kind for s in same)
+    # data + 4 SFT stages are untouched; every hop and every evaluation of a distilled model changes, while the
+    # teacher's own evaluation (no hop upstream) keeps its identity
+    assert kinds_same == ["data", "evaluate", "sft", "sft", "sft", "sft"]
+    teacher_eval = base.entries["gpt2/1.5B"]
+    assert teacher_eval in same
+    # changing the SFT of the 120M init changes only what depends on it: the three hops into 120M and their evals
+    init = next(s for s in base.stages.values() if s.kind == "sft" and s.config["size"] == "120M")
+    assert base.dependents(init.id) == {s.id for s in base.stages.values()
+                                        if s.entry and s.entry.endswith(">120M")}
+
+
+def test_status_and_describe(tmp_path):
+    plan = build_plan(["table2"], "paper")
+    text = describe(plan, tmp_path)
+    assert "sourced" in text and "MiniLLM/MiniLLM-OPT-6.7B" in text and "V100-GPU-h" in text
+    data = next(s for s in plan.stages.values() if s.kind == "data")
+    assert stage_status(data, tmp_path) == "run"
+    d = tmp_path / "stages" / data.dirname
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "checkpoints" / "latest").write_text("step-000001")
+    assert stage_status(data, tmp_path) == "resume"
+    (d / "DONE.json").write_text("{}")
+    assert stage_status(data, tmp_path) == "done"

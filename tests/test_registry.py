@@ -1,0 +1,125 @@
+"""The registry: 16 paper entries, 32 published numbers, key parsing, scales, CLI."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark import registry
+from benchmark.registry import RegistryError
+
+# A copy of shared/paper/published_numbers.csv (the numbers as transcribed from the paper's Tables 1-4): an
+# independent source to check the literal registry against.
+CSV = Path(__file__).parent / "data" / "published_numbers.csv"
+
+
+def _csv_rows():
+    with CSV.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_sixteen_paths_eight_per_family():
+    assert len(registry.ENTRIES) == 16
+    for fam in ("gpt2", "opt"):
+        keys = [k for k, e in registry.ENTRIES.items() if e.family == fam]
+        assert len(keys) == 8
+    expected = {"gpt2/1.5B", "gpt2/1.5B>760M", "gpt2/1.5B>340M", "gpt2/1.5B>120M", "gpt2/1.5B>760M>340M",
+                "gpt2/1.5B>760M>120M", "gpt2/1.5B>340M>120M", "gpt2/1.5B>760M>340M>120M"}
+    assert {k for k in registry.ENTRIES if k.startswith("gpt2/")} == expected
+
+
+def test_all_32_published_numbers_attached_to_the_right_entries():
+    rows = _csv_rows()
+    assert len(rows) == 32
+    seen = set()
+    for row in rows:
+        path = [row["teacher"], row["ta1"], row["ta2"], row["student"]]
+        key = registry.path_key(row["family"], tuple(s for s in path if s))
+        entry = registry.get(key)
+        metric = row["metric"]
+        assert getattr(entry.published, metric) == pytest.approx(float(row["value"]), abs=1e-9), (key, metric)
+        assert int(row["table"]) in entry.tables
+        assert getattr(entry.published, f"{metric}_source") == f"Table {row['table']}"
+        assert entry.label == row["label"]
+        seen.add((key, metric))
+    assert len(seen) == 32
+
+
+def test_tables_and_figure_membership():
+    for e in registry.ENTRIES.values():
+        assert e.tables == ((1, 3) if e.family == "gpt2" else (2, 4))
+        assert e.figures == (() if e.family == "gpt2" else (2,))
+    assert [e.key for e in registry.select(["figure2"])] == [k for k in registry.ENTRIES if k.startswith("opt/")]
+    assert len(registry.select(["all"])) == 16
+    assert [e.key for e in registry.select(["table3", "gpt2/1.5B"])] == [k for k in registry.ENTRIES if "gpt2" in k]
+
+
+def test_paper_row_order_and_labels():
+    keys = [k for k in registry.ENTRIES if k.startswith("opt/")]
+    assert keys[0] == "opt/13B" and registry.ENTRIES[keys[0]].label == "teacher"
+    assert [registry.ENTRIES[k].label for k in keys] == ["teacher", "minillm", "minillm", "ours", "minillm", "ours",
+                                                         "ours", "ours"]
+    e = registry.get("opt/13B>6.7B>2.7B>1.3B")
+    assert e.tas == ("6.7B", "2.7B") and e.student == "1.3B" and e.hops == 3 and e.prefix() == "opt/13B>6.7B>2.7B"
+
+
+@pytest.mark.parametrize(
+    "key,fragment",
+    [
+        ("gpt2/1.5B>700M", "did you mean 760M"),
+        ("gpt2/1.5B>1.3B", "mixes families"),
+        ("gpt2/1.5B>120M>340M", "decreasing"),
+        ("gpt2/1.5B>760M>760M", "decreasing"),
+        ("gpt2/760M>120M", "does not start at the gpt2 teacher"),
+        ("gtp2/1.5B>120M", "did you mean 'gpt2'"),
+        ("1.5B>120M", "expected 'family/"),
+    ],
+)
+def test_invalid_keys_fail_clearly(key, fragment):
+    with pytest.raises(RegistryError, match=fragment.replace("(", r"\(").replace("'", "'")):
+        registry.get(key)
+
+
+def test_unknown_table_and_scale_suggest():
+    with pytest.raises(RegistryError, match="did you mean 'table2'"):
+        registry.select(["tabel2"])
+    with pytest.raises(RegistryError, match="did you mean 'small'"):
+        registry.scale("smal")
+
+
+def test_scales_map_every_size_with_size_ordered_models():
+    for sc in registry.SCALES.values():
+        for fam in registry.FAMILIES.values():
+            specs = [sc.model(fam.name, s) for s in fam.sizes]
+            assert [s.size for s in specs] == list(fam.sizes)
+            if sc.name == "paper":
+                assert all(s.from_hub for s in specs)
+                assert specs[0].init == fam.teacher_sft and specs[0].minillm is None
+                assert all(s.init.startswith("MiniLLM/init-") and s.minillm.startswith("MiniLLM/MiniLLM-")
+                           for s in specs[1:])
+                continue
+            from transformers import AutoModelForCausalLM
+
+            params = []
+            for s in specs:
+                cfg = s.model_config(vocab_size=1000, n_positions=64, tokenizer_ids={"bos": 0, "eos": 0, "pad": 0})
+                params.append(AutoModelForCausalLM.from_config(cfg).num_parameters())
+            # teacher > TA > TA > student, as in the paper's families
+            assert params == sorted(params, reverse=True) and len(set(params)) == 4, (sc.name, fam.name, params)
+
+
+def test_cli_ls_json_and_validate():
+    out = subprocess.run([sys.executable, "-m", "benchmark", "ls", "--format", "json"], capture_output=True,
+                         text=True, check=True).stdout
+    rows = json.loads(out)
+    assert len(rows) == 16
+    row = next(r for r in rows if r["key"] == "gpt2/1.5B>760M>120M")
+    assert row["family"] == "gpt2" and row["path"] == ["1.5B", "760M", "120M"] and row["tables"] == [1, 3]
+    assert row["published"] == {"rouge_l": 27.2, "perplexity": 21.56}
+    ok = subprocess.run([sys.executable, "-m", "benchmark", "validate"], capture_output=True, text=True, check=True)
+    assert "16 entries x 3 scales" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmark", "show", "gpt2/1.5B>700M"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 760M" in bad.stderr
