@@ -1,12 +1,12 @@
 """`python -m benchmark VERB ...` — every command of the suite. `python -m benchmark VERB -h` for options.
 
-    ls / show / validate      the registry (16 paper entries, 3 scales)
-    data                      prepare Dolly, the PT corpus, or the synthetic small/tiny data
-    train                     one stage: SFT or a MiniLLM hop
-    evaluate                  ROUGE-L over seeds + perplexity of one model
-    plan / run / reproduce    the chain DAG of cached, resumable stages
-    notebooks                 regenerate the tables and Figure 2 from a results directory
-    perf                      throughput / memory benchmark
+ls / show / validate      the registry (16 paper entries, 3 scales)
+data                      prepare Dolly, the PT corpus, or the synthetic small/tiny data
+train                     one stage: SFT or a MiniLLM hop
+evaluate                  ROUGE-L over seeds + perplexity of one model
+plan / run / reproduce    the chain DAG of cached, resumable stages
+notebooks                 regenerate the tables and Figure 2 from a results directory
+perf                      throughput / memory benchmark
 """
 
 from __future__ import annotations
@@ -26,10 +26,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
     entries = list(registry.ENTRIES.values())
     if args.format == "json":
         rows = [
-            {"key": e.key, "family": e.family, "path": list(e.path), "tables": list(e.tables),
-             "figures": list(e.figures), "label": e.label,
-             "published": {"rouge_l": e.published.rouge_l, "perplexity": e.published.perplexity},
-             "sources": {"rouge_l": e.published.rouge_l_source, "perplexity": e.published.perplexity_source}}
+            {
+                "key": e.key,
+                "family": e.family,
+                "path": list(e.path),
+                "tables": list(e.tables),
+                "figures": list(e.figures),
+                "label": e.label,
+                "published": {"rouge_l": e.published.rouge_l, "perplexity": e.published.perplexity},
+                "sources": {"rouge_l": e.published.rouge_l_source, "perplexity": e.published.perplexity_source},
+            }
             for e in entries
         ]
         print(json.dumps(rows, indent=2))
@@ -37,18 +43,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print(f"{'key':<28} {'label':<8} {'tables':<8} {'ROUGE-L':>8} {'PPL':>7}")
     for e in entries:
         tables = ",".join(map(str, e.tables)) + ("+F2" if e.figures else "")
-        print(f"{e.key:<28} {e.label:<8} {tables:<8} {_published_str(e.published.rouge_l):>8} "
-              f"{_published_str(e.published.perplexity):>7}")
+        print(
+            f"{e.key:<28} {e.label:<8} {tables:<8} {_published_str(e.published.rouge_l):>8} "
+            f"{_published_str(e.published.perplexity):>7}"
+        )
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     e = registry.get(args.key)
     sc = registry.scale(args.scale)
-    print(f"{e.key}  ({e.label}; Tables {', '.join(map(str, e.tables))}"
-          + (f"; Figure {', '.join(map(str, e.figures))})" if e.figures else ")"))
-    print(f"published: ROUGE-L {_published_str(e.published.rouge_l)} ({e.published.rouge_l_source}), "
-          f"perplexity {_published_str(e.published.perplexity)} ({e.published.perplexity_source})")
+    print(
+        f"{e.key}  ({e.label}; Tables {', '.join(map(str, e.tables))}"
+        + (f"; Figure {', '.join(map(str, e.figures))})" if e.figures else ")")
+    )
+    print(
+        f"published: ROUGE-L {_published_str(e.published.rouge_l)} ({e.published.rouge_l_source}), "
+        f"perplexity {_published_str(e.published.perplexity)} ({e.published.perplexity_source})"
+    )
     print(f"scale {sc.name}: {sc.description}")
     for i, size in enumerate(e.path):
         role = "teacher" if i == 0 else ("student" if i == len(e.path) - 1 else "TA")
@@ -71,8 +83,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="verb", required=True)
 
     s = sub.add_parser("ls", help="list the paper entries with their published numbers")
@@ -99,7 +112,7 @@ def _verb_modules():
     return [importlib.import_module(f"benchmark.{name}") for name in VERB_MODULES]
 
 
-VERB_MODULES: list[str] = ["data"]
+VERB_MODULES: list[str] = ["data", "train", "evaluate", "runner", "notebooks"]
 
 
 def main(argv: list[str] | None = None) -> int:

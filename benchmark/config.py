@@ -63,6 +63,7 @@ class SFTConfig:
     epochs: int = 10  # ref §2.4 (teacher/large); total_steps overrides when set
     total_steps: int | None = None
     batch_size: int = 32  # global: per-GPU batch x DP x grad-acc (ref §2.4)
+    micro_batch_size: int | None = None  # per GPU; None = batch_size / world size (no gradient accumulation)
     weight_decay: float = 0.01
     # ref §2.4: parameters whose name contains one of these are not decayed (GPT-2 names; OPT LayerNorms ARE
     # decayed in the reference, mirrored on purpose).
@@ -106,6 +107,7 @@ class MiniLLMConfig:
     # --- invariants of a phase (ref §2.3: pinned globally, never per GPU)
     rollouts_per_phase: int = 256  # --num-rollouts (paper-time semantics: global)
     batch_size: int = 64  # global mini-batch = per-GPU batch x DP x grad-acc
+    micro_batch_size: int | None = None  # per GPU (memory only: results do not depend on it); None = no grad-acc
     ppo_epochs: int = 4  # --ppo-epochs; 4 x 256 / 64 = 16 optimizer steps per phase
     # --- rollouts (ref §1.3 steps 1-7)
     teacher_mixed_alpha: float = 0.2  # --teacher-mixed-alpha: sample from (1-a) q + a p; 0 disables mixing
@@ -137,8 +139,10 @@ class MiniLLMConfig:
 
     def __post_init__(self):
         _check(0.0 <= self.teacher_mixed_alpha < 1.0, "teacher_mixed_alpha must be in [0, 1)")
-        _check(self.rollouts_per_phase % self.batch_size == 0,
-               f"rollouts_per_phase ({self.rollouts_per_phase}) must be a multiple of batch_size ({self.batch_size})")
+        _check(
+            self.rollouts_per_phase % self.batch_size == 0,
+            f"rollouts_per_phase ({self.rollouts_per_phase}) must be a multiple of batch_size ({self.batch_size})",
+        )
         _check(0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]")
         _check(self.reward_scaling > 0 and self.cliprange_reward > 0, "reward_scaling and cliprange_reward > 0")
         _check(0.0 <= self.kd_ratio <= 1.0, "kd_ratio must be in [0, 1]")
@@ -191,7 +195,7 @@ def config_hash(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def deepspeed_config(cfg: SFTConfig | MiniLLMConfig, world_size: int, micro_batch_size: int | None = None) -> dict:
+def deepspeed_config(cfg: SFTConfig | MiniLLMConfig, world_size: int) -> dict:
     """The DeepSpeed JSON for a stage, derived from its config and the world size.
 
     The global batch is an invariant of the config (ref §2.3); the per-GPU micro-batch and the gradient
@@ -201,7 +205,7 @@ def deepspeed_config(cfg: SFTConfig | MiniLLMConfig, world_size: int, micro_batc
     batch = cfg.batch_size
     _check(batch % world_size == 0, f"global batch {batch} is not divisible by the world size {world_size}")
     per_rank = batch // world_size
-    micro = micro_batch_size or per_rank
+    micro = min(cfg.micro_batch_size or per_rank, per_rank)
     _check(per_rank % micro == 0, f"per-rank batch {per_rank} is not divisible by micro-batch {micro}")
     ds: dict[str, Any] = {
         "train_batch_size": batch,
@@ -213,8 +217,14 @@ def deepspeed_config(cfg: SFTConfig | MiniLLMConfig, world_size: int, micro_batc
         "wall_clock_breakdown": False,
     }
     if cfg.precision == "fp16":
-        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 11, "loss_scale_window": 2000,
-                      "hysteresis": 4, "min_loss_scale": 1}
+        ds["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,
+            "initial_scale_power": 11,
+            "loss_scale_window": 2000,
+            "hysteresis": 4,
+            "min_loss_scale": 1,
+        }
     elif cfg.precision == "bf16":
         ds["bf16"] = {"enabled": True}
     return ds

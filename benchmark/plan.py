@@ -47,8 +47,16 @@ class Stage:
 
 
 def _with_id(stage: Stage) -> Stage:
-    ident = config_hash({"kind": stage.kind, "family": stage.family, "plan_version": PLAN_VERSION, "config": stage.config,
-                         "inputs": stage.inputs, "source": stage.source})
+    ident = config_hash(
+        {
+            "kind": stage.kind,
+            "family": stage.family,
+            "plan_version": PLAN_VERSION,
+            "config": stage.config,
+            "inputs": stage.inputs,
+            "source": stage.source,
+        }
+    )
     return dataclasses.replace(stage, id=ident)
 
 
@@ -73,8 +81,9 @@ class Plan:
         return out
 
 
-def build_plan(names: list[str], scale_name: str, *, retrain_one_step: bool = False,
-               overrides: dict[str, dict] | None = None) -> Plan:
+def build_plan(
+    names: list[str], scale_name: str, *, retrain_one_step: bool = False, overrides: dict[str, dict] | None = None
+) -> Plan:
     """The DAG for the selected entries (`table1`.., `figure2`, `all`, families or entry keys).
 
     `overrides` maps a stage kind ("sft", "minillm", "evaluation") to config overrides applied on top of the
@@ -93,19 +102,30 @@ def build_plan(names: list[str], scale_name: str, *, retrain_one_step: bool = Fa
     paper = sc.name == "paper"
     data_ids = {}
     for fam in sorted({e.family for e in entries}):
-        data_cfg = {"scale": sc.name, "data": sc.data, "records": sc.synthetic_records,
-                    "max_prompt_length": for_scale(MiniLLMConfig, sc.minillm).max_prompt_length,
-                    "pt_seq_length": for_scale(MiniLLMConfig, sc.minillm).pt_seq_length, "seed": 0, "version": 1}
+        data_cfg = {
+            "scale": sc.name,
+            "data": sc.data,
+            "records": sc.synthetic_records,
+            "max_prompt_length": for_scale(MiniLLMConfig, sc.minillm).max_prompt_length,
+            "pt_seq_length": for_scale(MiniLLMConfig, sc.minillm).pt_seq_length,
+            "seed": 0,
+            "version": 1,
+        }
         data_ids[fam] = add(Stage("data", f"data-{fam}-{sc.name}", fam, data_cfg))
 
     def model_stage(family: str, size: str, role: str) -> str:
         """The SFT teacher (role 'teacher') or a student's SFT init (role 'init')."""
         spec = sc.model(family, size)
         if paper:
-            return add(Stage("sft", f"sft-{family}-{size}-{role}", family, {"role": role, "size": size},
-                             source=spec.init))
-        sft = for_scale(SFTConfig, sc.sft | overrides.get("sft", {}),
-                        lr=spec.sft_lr, select_by="rouge_l" if role == "teacher" else "val_loss")
+            return add(
+                Stage("sft", f"sft-{family}-{size}-{role}", family, {"role": role, "size": size}, source=spec.init)
+            )
+        sft = for_scale(
+            SFTConfig,
+            sc.sft | overrides.get("sft", {}),
+            lr=spec.sft_lr,
+            select_by="rouge_l" if role == "teacher" else "val_loss",
+        )
         cfg = {"role": role, "size": size, "model": dataclasses.asdict(spec), "sft": to_dict(sft)}
         return add(Stage("sft", f"sft-{family}-{size}-{role}", family, cfg, inputs={"data": data_ids[family]}))
 
@@ -121,10 +141,21 @@ def build_plan(names: list[str], scale_name: str, *, retrain_one_step: bool = Fa
         student = path[-1]
         if paper and len(path) == 2 and not retrain_one_step:
             spec = sc.model(family, student)
-            return add(Stage("distill", f"distill-{family}-{_slug(path)}", family, {"path": list(path)},
-                             source=spec.minillm, entry=key))
-        inputs = {"teacher": final_stage(family, path[:-1]), "student": model_stage(family, student, "init"),
-                  "data": data_ids[family]}
+            return add(
+                Stage(
+                    "distill",
+                    f"distill-{family}-{_slug(path)}",
+                    family,
+                    {"path": list(path)},
+                    source=spec.minillm,
+                    entry=key,
+                )
+            )
+        inputs = {
+            "teacher": final_stage(family, path[:-1]),
+            "student": model_stage(family, student, "init"),
+            "data": data_ids[family],
+        }
         cfg = {"path": list(path), "minillm": to_dict(minillm)}
         return add(Stage("distill", f"distill-{family}-{_slug(path)}", family, cfg, inputs=inputs, entry=key))
 
@@ -133,9 +164,16 @@ def build_plan(names: list[str], scale_name: str, *, retrain_one_step: bool = Fa
         model = final_stage(e.family, e.path)
         scorer = model_stage(e.family, e.path[0], "teacher")
         cfg = {"entry": e.key, "evaluation": to_dict(evaluation)}
-        entry_stage[e.key] = add(Stage("evaluate", f"evaluate-{e.family}-{_slug(e.path)}", e.family, cfg,
-                                       inputs={"model": model, "scorer": scorer, "data": data_ids[e.family]},
-                                       entry=e.key))
+        entry_stage[e.key] = add(
+            Stage(
+                "evaluate",
+                f"evaluate-{e.family}-{_slug(e.path)}",
+                e.family,
+                cfg,
+                inputs={"model": model, "scorer": scorer, "data": data_ids[e.family]},
+                entry=e.key,
+            )
+        )
     return Plan(scale=sc.name, stages=_toposort(stages), entries=entry_stage)
 
 
@@ -180,8 +218,16 @@ def stage_status(stage: Stage, run_dir: Path) -> str:
 # student + teacher: about 20 V100-hours per billion parameters for 5000 steps.
 _SMALL_SECONDS = {"data": 5, "sft": 120, "distill": 60, "evaluate": 45}
 _TINY_SECONDS = {"data": 2, "sft": 8, "distill": 10, "evaluate": 6}
-_PAPER_PARAMS_B = {"1.5B": 1.56, "760M": 0.77, "340M": 0.36, "120M": 0.12, "13B": 13, "6.7B": 6.7, "2.7B": 2.7,
-                   "1.3B": 1.3}
+_PAPER_PARAMS_B = {
+    "1.5B": 1.56,
+    "760M": 0.77,
+    "340M": 0.36,
+    "120M": 0.12,
+    "13B": 13,
+    "6.7B": 6.7,
+    "2.7B": 2.7,
+    "1.3B": 1.3,
+}
 
 
 def stage_cost(stage: Stage, scale_name: str) -> str:
@@ -201,8 +247,10 @@ def stage_cost(stage: Stage, scale_name: str) -> str:
 
 
 def describe(plan: Plan, run_dir: Path) -> str:
-    lines = [f"plan: {len(plan.stages)} stages at scale {plan.scale} (run dir {run_dir})",
-             f"{'status':<8} {'kind':<9} {'stage':<48} {'cost':<18} inputs"]
+    lines = [
+        f"plan: {len(plan.stages)} stages at scale {plan.scale} (run dir {run_dir})",
+        f"{'status':<8} {'kind':<9} {'stage':<48} {'cost':<18} inputs",
+    ]
     names = {s.id: s.name for s in plan.stages.values()}
     for s in plan.stages.values():
         src = f"<- {s.source}" if s.source else ", ".join(f"{k}={names[v]}" for k, v in s.inputs.items() if k != "data")
@@ -223,8 +271,17 @@ def write_stage_spec(stage: Stage, plan: Plan, run_dir: Path) -> Path:
         dep = plan.stages[sid]
         # a data stage's output is DIR/data, a training stage's selected model DIR/model (Hugging Face format)
         inputs[role] = dep.source or str(run_dir / "stages" / dep.dirname / ("data" if dep.kind == "data" else "model"))
-    spec = {"id": stage.id, "kind": stage.kind, "name": stage.name, "family": stage.family, "scale": plan.scale,
-            "entry": stage.entry, "config": stage.config, "inputs": inputs, "input_ids": stage.inputs,
-            "results": str(d / "records.jsonl")}
+    spec = {
+        "id": stage.id,
+        "kind": stage.kind,
+        "name": stage.name,
+        "family": stage.family,
+        "scale": plan.scale,
+        "entry": stage.entry,
+        "config": stage.config,
+        "inputs": inputs,
+        "input_ids": stage.inputs,
+        "results": str(d / "records.jsonl"),
+    }
     (d / "stage.json").write_text(json.dumps(spec, indent=2))
     return d

@@ -57,8 +57,12 @@ FAMILIES: MappingProxyType[str, Family] = MappingProxyType(
         "gpt2": Family(
             name="gpt2",
             sizes=("1.5B", "760M", "340M", "120M"),
-            base={"1.5B": "openai-community/gpt2-xl", "760M": "openai-community/gpt2-large",
-                  "340M": "openai-community/gpt2-medium", "120M": "openai-community/gpt2"},
+            base={
+                "1.5B": "openai-community/gpt2-xl",
+                "760M": "openai-community/gpt2-large",
+                "340M": "openai-community/gpt2-medium",
+                "120M": "openai-community/gpt2",
+            },
             teacher_sft="MiniLLM/teacher-gpt2-1.5B",
             init={s: f"MiniLLM/init-gpt2-{s}" for s in ("760M", "340M", "120M")},
             minillm={s: f"MiniLLM/MiniLLM-gpt2-{s}" for s in ("760M", "340M", "120M")},
@@ -67,8 +71,12 @@ FAMILIES: MappingProxyType[str, Family] = MappingProxyType(
         "opt": Family(
             name="opt",
             sizes=("13B", "6.7B", "2.7B", "1.3B"),
-            base={"13B": "facebook/opt-13b", "6.7B": "facebook/opt-6.7b",
-                  "2.7B": "facebook/opt-2.7b", "1.3B": "facebook/opt-1.3b"},
+            base={
+                "13B": "facebook/opt-13b",
+                "6.7B": "facebook/opt-6.7b",
+                "2.7B": "facebook/opt-2.7b",
+                "1.3B": "facebook/opt-1.3b",
+            },
             teacher_sft="MiniLLM/teacher-OPT-13B",
             init={s: f"MiniLLM/init-OPT-{s}" for s in ("6.7B", "2.7B", "1.3B")},
             minillm={s: f"MiniLLM/MiniLLM-OPT-{s}" for s in ("6.7B", "2.7B", "1.3B")},
@@ -158,13 +166,17 @@ def path_key(family: str, path: tuple[str, ...] | list[str]) -> str:
 def parse_key(key: str) -> tuple[Arch, tuple[str, ...]]:
     """Split and validate `family/size>size>...`; raises RegistryError with what is wrong and what would work."""
     if "/" not in key:
-        raise RegistryError(f"{key!r} is not an entry key: expected 'family/teacher>...>student', "
-                            f"e.g. 'gpt2/1.5B>760M>120M' (families: {', '.join(FAMILIES)})")
+        raise RegistryError(
+            f"{key!r} is not an entry key: expected 'family/teacher>...>student', "
+            f"e.g. 'gpt2/1.5B>760M>120M' (families: {', '.join(FAMILIES)})"
+        )
     fam_name, _, path_str = key.partition("/")
     if fam_name not in FAMILIES:
         hint = difflib.get_close_matches(fam_name, list(FAMILIES), n=1)
-        raise RegistryError(f"unknown family {fam_name!r} in {key!r}"
-                            + (f"; did you mean {hint[0]!r}?" if hint else f"; families: {', '.join(FAMILIES)}"))
+        raise RegistryError(
+            f"unknown family {fam_name!r} in {key!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else f"; families: {', '.join(FAMILIES)}")
+        )
     fam = FAMILIES[fam_name]
     path = tuple(s.strip() for s in path_str.split(">"))
     for size in path:
@@ -172,17 +184,27 @@ def parse_key(key: str) -> tuple[Arch, tuple[str, ...]]:
             continue
         other = [f.name for f in FAMILIES.values() if size in f.sizes]
         if other:
-            raise RegistryError(f"{key!r} mixes families: {size} is an {other[0]} size; {fam_name} sizes are "
-                                f"{', '.join(fam.sizes)}. A chain must stay in one family (shared tokenizer).")
+            raise RegistryError(
+                f"{key!r} mixes families: {size} is an {other[0]} size; {fam_name} sizes are "
+                f"{', '.join(fam.sizes)}. A chain must stay in one family (shared tokenizer)."
+            )
         hint = difflib.get_close_matches(size, list(fam.sizes), n=1)
-        raise RegistryError(f"{fam_name} has no size {size!r} in {key!r}; sizes are {', '.join(fam.sizes)}"
-                            + (f" (did you mean {hint[0]}?)" if hint else ""))
-    if len(set(path)) != len(path) or any(fam.sizes.index(a) >= fam.sizes.index(b) for a, b in itertools.pairwise(path)):
-        raise RegistryError(f"{key!r} is not in decreasing size order; every hop must distil into a smaller "
-                            f"model ({' > '.join(fam.sizes)})")
+        raise RegistryError(
+            f"{fam_name} has no size {size!r} in {key!r}; sizes are {', '.join(fam.sizes)}"
+            + (f" (did you mean {hint[0]}?)" if hint else "")
+        )
+    if len(set(path)) != len(path) or any(
+        fam.sizes.index(a) >= fam.sizes.index(b) for a, b in itertools.pairwise(path)
+    ):
+        raise RegistryError(
+            f"{key!r} is not in decreasing size order; every hop must distil into a smaller "
+            f"model ({' > '.join(fam.sizes)})"
+        )
     if path[0] != fam.teacher:
-        raise RegistryError(f"{key!r} does not start at the {fam_name} teacher {fam.teacher}; paper paths are "
-                            f"'{fam_name}/{fam.teacher}>...'")
+        raise RegistryError(
+            f"{key!r} does not start at the {fam_name} teacher {fam.teacher}; paper paths are "
+            f"'{fam_name}/{fam.teacher}>...'"
+        )
     return fam.name, path
 
 
@@ -199,9 +221,17 @@ def _build_entries() -> dict[str, Entry]:
                 key = path_key(fam.name, path)
                 rouge, ppl = _PUBLISHED[key]
                 entries[key] = Entry(
-                    key=key, family=fam.name, path=path, tables=(t_rouge, t_ppl), figures=_FIGURES[fam.name],
-                    published=Published(rouge_l=rouge, perplexity=ppl, rouge_l_source=f"Table {t_rouge}",
-                                        perplexity_source=f"Table {t_ppl}"),
+                    key=key,
+                    family=fam.name,
+                    path=path,
+                    tables=(t_rouge, t_ppl),
+                    figures=_FIGURES[fam.name],
+                    published=Published(
+                        rouge_l=rouge,
+                        perplexity=ppl,
+                        rouge_l_source=f"Table {t_rouge}",
+                        perplexity_source=f"Table {t_ppl}",
+                    ),
                 )
     # Keep the paper's row order within each table (teacher, then students largest first, one-step before
     # multi-step), which is the order of _PUBLISHED.
@@ -245,8 +275,11 @@ def select(names: list[str] | tuple[str, ...]) -> list[Entry]:
         else:
             options = ["all", *ARTEFACTS, *FAMILIES]
             hint = difflib.get_close_matches(name, options, n=1)
-            raise RegistryError(f"unknown table/entry {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                                + f"; use one of {', '.join(options)} or an entry key like 'gpt2/1.5B>760M>120M'")
+            raise RegistryError(
+                f"unknown table/entry {name!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f"; use one of {', '.join(options)} or an entry key like 'gpt2/1.5B>760M>120M'"
+            )
     return [ENTRIES[k] for k in ENTRIES if k in chosen]
 
 
@@ -284,14 +317,29 @@ class ModelSpec:
             raise RegistryError(f"{self.arch} {self.size} at paper scale is loaded from {self.base}, not built")
         from transformers import GPT2Config, OPTConfig
 
-        ids = dict(bos_token_id=tokenizer_ids["bos"], eos_token_id=tokenizer_ids["eos"],
-                   pad_token_id=tokenizer_ids["pad"])
+        ids = dict(
+            bos_token_id=tokenizer_ids["bos"], eos_token_id=tokenizer_ids["eos"], pad_token_id=tokenizer_ids["pad"]
+        )
         if self.arch == "gpt2":
-            return GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_layer=self.n_layer,
-                              n_embd=self.n_embd, n_head=self.n_head, **ids)
-        return OPTConfig(vocab_size=vocab_size, max_position_embeddings=n_positions, num_hidden_layers=self.n_layer,
-                         hidden_size=self.n_embd, num_attention_heads=self.n_head, ffn_dim=4 * self.n_embd,
-                         word_embed_proj_dim=self.n_embd, do_layer_norm_before=True, **ids)
+            return GPT2Config(
+                vocab_size=vocab_size,
+                n_positions=n_positions,
+                n_layer=self.n_layer,
+                n_embd=self.n_embd,
+                n_head=self.n_head,
+                **ids,
+            )
+        return OPTConfig(
+            vocab_size=vocab_size,
+            max_position_embeddings=n_positions,
+            num_hidden_layers=self.n_layer,
+            hidden_size=self.n_embd,
+            num_attention_heads=self.n_head,
+            ffn_dim=4 * self.n_embd,
+            word_embed_proj_dim=self.n_embd,
+            do_layer_norm_before=True,
+            **ids,
+        )
 
     def describe(self) -> str:
         if self.from_hub:
@@ -328,15 +376,22 @@ def _paper_models() -> dict[str, dict[str, ModelSpec]]:
     out: dict[str, dict[str, ModelSpec]] = {}
     for fam in FAMILIES.values():
         out[fam.name] = {
-            s: ModelSpec(arch=fam.name, size=s, base=fam.base[s],
-                         init=fam.teacher_sft if s == fam.teacher else fam.init[s], minillm=fam.minillm.get(s))
+            s: ModelSpec(
+                arch=fam.name,
+                size=s,
+                base=fam.base[s],
+                init=fam.teacher_sft if s == fam.teacher else fam.init[s],
+                minillm=fam.minillm.get(s),
+            )
             for s in fam.sizes
         }
     return out
 
 
 def _built(arch: Arch, dims: dict[str, tuple[int, int, int, float]]) -> dict[str, ModelSpec]:
-    return {s: ModelSpec(arch=arch, size=s, n_layer=L, n_embd=d, n_head=h, sft_lr=lr) for s, (L, d, h, lr) in dims.items()}
+    return {
+        s: ModelSpec(arch=arch, size=s, n_layer=L, n_embd=d, n_head=h, sft_lr=lr) for s, (L, d, h, lr) in dims.items()
+    }
 
 
 SCALES: MappingProxyType[str, Scale] = MappingProxyType(
@@ -355,22 +410,54 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             models={
                 # (n_layer, n_embd, n_head, SFT lr). Total-parameter ratios ~ the real 12.6:6.2:2.9:1 (GPT-2)
                 # and 10:5.2:2.1:1 (OPT) at the synthetic vocabulary; LR shrinks with width (calibration note).
-                "gpt2": _built("gpt2", {"1.5B": (4, 192, 6, 1.5e-3), "760M": (3, 144, 4, 2e-3),
-                                        "340M": (2, 104, 4, 3e-3), "120M": (2, 48, 2, 5e-3)}),
-                "opt": _built("opt", {"13B": (4, 176, 4, 1.5e-3), "6.7B": (3, 136, 4, 2e-3),
-                                      "2.7B": (2, 96, 4, 3e-3), "1.3B": (2, 56, 2, 5e-3)}),
+                "gpt2": _built(
+                    "gpt2",
+                    {
+                        "1.5B": (3, 160, 5, 2e-3),
+                        "760M": (3, 112, 4, 3e-3),
+                        "340M": (2, 80, 4, 4e-3),
+                        "120M": (2, 40, 2, 6e-3),
+                    },
+                ),
+                "opt": _built(
+                    "opt",
+                    {
+                        "13B": (3, 152, 4, 2e-3),
+                        "6.7B": (3, 104, 4, 3e-3),
+                        "2.7B": (2, 72, 4, 4e-3),
+                        "1.3B": (2, 40, 2, 6e-3),
+                    },
+                ),
             },
             data="synthetic",
             synthetic_records={"train": 8000, "valid": 500, "test": 500, "pt": 2000},
             # Lengths: synthetic prompts (template included) are <= 128 tokens and responses < 48.
-            sft=dict(total_steps=1500, batch_size=16, eval_interval=250, val_examples=200, max_length=176,
-                     max_prompt_length=128, precision="fp32", checkpoint_interval=250),
-            minillm=dict(total_steps=64, rollouts_per_phase=64, batch_size=16, lr=5e-4, warmup_steps=8,
-                         eval_interval=16, val_examples=100, max_prompt_length=128,
-                         generation={"max_new_tokens": 48}, pt_seq_length=128, precision="fp32",
-                         checkpoint_interval=16, log_student_sample=False),
-            evaluation=dict(max_prompt_length=128, generation={"max_new_tokens": 48}, batch_size=50,
-                            precision="fp32"),
+            sft=dict(
+                total_steps=1500,
+                batch_size=16,
+                eval_interval=250,
+                val_examples=200,
+                max_length=176,
+                max_prompt_length=128,
+                precision="fp32",
+                checkpoint_interval=250,
+            ),
+            minillm=dict(
+                total_steps=64,
+                rollouts_per_phase=64,
+                batch_size=16,
+                lr=5e-4,
+                warmup_steps=8,
+                eval_interval=16,
+                val_examples=100,
+                max_prompt_length=128,
+                generation={"max_new_tokens": 48},
+                pt_seq_length=128,
+                precision="fp32",
+                checkpoint_interval=16,
+                log_student_sample=False,
+            ),
+            evaluation=dict(max_prompt_length=128, generation={"max_new_tokens": 48}, batch_size=50, precision="fp32"),
             why="CPU budget: `nox -s smoke` must run all 16 entries (8 SFT, 14 hops, 16 evaluations) in <= 30 min "
             "on 2 cores; see README 'Small scale' for the measured size ordering.",
         ),
@@ -378,21 +465,60 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             name="tiny",
             description="seconds per stage, for tests and CI: 1-2 layer models, a few hundred records",
             models={
-                "gpt2": _built("gpt2", {"1.5B": (2, 48, 2, 3e-3), "760M": (2, 32, 2, 3e-3),
-                                        "340M": (1, 32, 2, 3e-3), "120M": (1, 16, 2, 3e-3)}),
-                "opt": _built("opt", {"13B": (2, 48, 2, 3e-3), "6.7B": (2, 32, 2, 3e-3),
-                                      "2.7B": (1, 32, 2, 3e-3), "1.3B": (1, 16, 2, 3e-3)}),
+                "gpt2": _built(
+                    "gpt2",
+                    {
+                        "1.5B": (2, 48, 2, 3e-3),
+                        "760M": (2, 32, 2, 3e-3),
+                        "340M": (1, 32, 2, 3e-3),
+                        "120M": (1, 16, 2, 3e-3),
+                    },
+                ),
+                "opt": _built(
+                    "opt",
+                    {
+                        "13B": (2, 48, 2, 3e-3),
+                        "6.7B": (2, 32, 2, 3e-3),
+                        "2.7B": (1, 32, 2, 3e-3),
+                        "1.3B": (1, 16, 2, 3e-3),
+                    },
+                ),
             },
             data="synthetic",
             synthetic_records={"train": 400, "valid": 40, "test": 40, "pt": 100},
-            sft=dict(total_steps=40, batch_size=8, eval_interval=20, val_examples=20, max_length=160,
-                     max_prompt_length=128, precision="fp32", checkpoint_interval=20),
-            minillm=dict(total_steps=8, rollouts_per_phase=16, batch_size=8, lr=1e-3, warmup_steps=2,
-                         eval_interval=4, val_examples=16, max_prompt_length=128,
-                         generation={"max_new_tokens": 32}, pt_seq_length=64, precision="fp32",
-                         checkpoint_interval=8, log_student_sample=False),
-            evaluation=dict(seeds=(10, 20), max_prompt_length=128, generation={"max_new_tokens": 32},
-                            num_examples=20, batch_size=20, precision="fp32"),
+            sft=dict(
+                total_steps=40,
+                batch_size=8,
+                eval_interval=20,
+                val_examples=20,
+                max_length=160,
+                max_prompt_length=128,
+                precision="fp32",
+                checkpoint_interval=20,
+            ),
+            minillm=dict(
+                total_steps=8,
+                rollouts_per_phase=16,
+                batch_size=8,
+                lr=1e-3,
+                warmup_steps=2,
+                eval_interval=4,
+                val_examples=16,
+                max_prompt_length=128,
+                generation={"max_new_tokens": 32},
+                pt_seq_length=64,
+                precision="fp32",
+                checkpoint_interval=8,
+                log_student_sample=False,
+            ),
+            evaluation=dict(
+                seeds=(10, 20),
+                max_prompt_length=128,
+                generation={"max_new_tokens": 32},
+                num_examples=20,
+                batch_size=20,
+                precision="fp32",
+            ),
             why="CI: a two-hop chain trains and evaluates in well under a minute.",
         ),
     }
@@ -402,6 +528,9 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
 def scale(name: str) -> Scale:
     if name not in SCALES:
         hint = difflib.get_close_matches(name, list(SCALES), n=1)
-        raise RegistryError(f"unknown scale {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                            + f"; scales: {', '.join(SCALES)}")
+        raise RegistryError(
+            f"unknown scale {name!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f"; scales: {', '.join(SCALES)}"
+        )
     return SCALES[name]

@@ -49,8 +49,10 @@ class RunLock:
             self.fh.seek(0)
             holder = self.fh.read().strip() or "another process"
             self.fh.close()
-            raise RunError(f"{self.path.parent} is in use by {holder}; wait for it to finish, or use another --out "
-                           "directory (finished stages can be shared by copying their stage directories)") from None
+            raise RunError(
+                f"{self.path.parent} is in use by {holder}; wait for it to finish, or use another --out "
+                "directory (finished stages can be shared by copying their stage directories)"
+            ) from None
         self.fh.seek(0)
         self.fh.truncate()
         self.fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -91,16 +93,18 @@ def merge_results(plan: Plan, run_dir: Path) -> Path:
     store = run_dir / "results.jsonl"
     mine = {s.id for s in plan.by_kind("evaluate")}
     if store.exists():
-        lines = [ln for ln in store.read_text().splitlines() if ln.strip() and json.loads(ln).get("stage") not in
-                 mine] + lines
+        lines = [
+            ln for ln in store.read_text().splitlines() if ln.strip() and json.loads(ln).get("stage") not in mine
+        ] + lines
     tmp = store.with_name(".results.jsonl.tmp")
     tmp.write_text("".join(ln + "\n" for ln in lines))
     os.replace(tmp, store)
     return store
 
 
-def run_plan(plan: Plan, run_dir: Path, *, jobs: int | None = None, prune_checkpoints: bool = False,
-             progress: bool = True) -> dict[str, str]:
+def run_plan(
+    plan: Plan, run_dir: Path, *, jobs: int | None = None, prune_checkpoints: bool = False, progress: bool = True
+) -> dict[str, str]:
     """Run every stage not yet done; returns stage id -> final status. Raises RunError listing failed stages
     (with their logs) after every runnable stage has finished; finished stages are kept."""
     run_dir = Path(run_dir)
@@ -116,14 +120,20 @@ def run_plan(plan: Plan, run_dir: Path, *, jobs: int | None = None, prune_checkp
         threads = max(1, cores // jobs)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             while todo or running:
-                blocked = {sid for sid in todo if any(status[d] == "failed" or d in failed
-                                                      for d in plan.stages[sid].inputs.values())}
+                blocked = {
+                    sid
+                    for sid in todo
+                    if any(status[d] == "failed" or d in failed for d in plan.stages[sid].inputs.values())
+                }
                 for sid in blocked:
                     todo.remove(sid)
                     status[sid] = "blocked"
                     bar.update(1)
-                ready = [sid for sid in todo
-                         if all(status[d] in ("done", "sourced") for d in plan.stages[sid].inputs.values())]
+                ready = [
+                    sid
+                    for sid in todo
+                    if all(status[d] in ("done", "sourced") for d in plan.stages[sid].inputs.values())
+                ]
                 for sid in ready[: jobs - len(running)]:
                     todo.remove(sid)
                     stage = plan.stages[sid]
@@ -152,29 +162,38 @@ def run_plan(plan: Plan, run_dir: Path, *, jobs: int | None = None, prune_checkp
         bar.close()
     merge_results(plan, run_dir)
     if failed:
-        raise RunError(f"{len(failed)} stage(s) failed; every other finished stage is kept and a rerun continues "
-                       "from here:\n" + "\n\n".join(failed.values()))
+        raise RunError(
+            f"{len(failed)} stage(s) failed; every other finished stage is kept and a rerun continues "
+            "from here:\n" + "\n\n".join(failed.values())
+        )
     return status
 
 
 def _run_stage(stage: Stage, stage_dir: Path, gpus: int, threads: int) -> str | None:
     """Run one stage in a subprocess; returns None on success or an actionable error message."""
     log = stage_dir / "log.txt"
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                        "TOKENIZERS_PARALLELISM": "false"}
-    env["MASTER_PORT"] = str(29500 + (abs(hash(stage.id)) % 20000))
+    env = os.environ | {
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     with log.open("a") as fh:
         fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(_command(stage, stage_dir, gpus))}\n")
         fh.flush()
         proc = subprocess.run(_command(stage, stage_dir, gpus), stdout=fh, stderr=subprocess.STDOUT, env=env)
     if proc.returncode == 0 and (stage_dir / DONE_FILE).exists():
         return None
-    hint = ("out of memory: lower the micro-batch (--set '{\"batch_size\": ...}' keeps the global batch; use more "
-            "GPUs or ZeRO-3)" if "out of memory" in _tail(log, 50).lower() else
-            "fix the cause shown above and rerun the same command: finished stages are not recomputed and this "
-            "stage resumes from its last checkpoint")
-    return (f"stage {stage.dirname} ({stage.kind}) exited with code {proc.returncode}; log: {log}\n"
-            f"--- last lines ---\n{_tail(log)}\n--- what to do: {hint}")
+    hint = (
+        "out of memory: lower the micro-batch (--set '{\"batch_size\": ...}' keeps the global batch; use more "
+        "GPUs or ZeRO-3)"
+        if "out of memory" in _tail(log, 50).lower()
+        else "fix the cause shown above and rerun the same command: finished stages are not recomputed and this "
+        "stage resumes from its last checkpoint"
+    )
+    return (
+        f"stage {stage.dirname} ({stage.kind}) exited with code {proc.returncode}; log: {log}\n"
+        f"--- last lines ---\n{_tail(log)}\n--- what to do: {hint}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,8 +217,14 @@ def execute_stage(stage_dir: Path) -> None:
         from benchmark.config import MiniLLMConfig
         from benchmark.train import train_minillm
 
-        train_minillm(inputs["student"], inputs["teacher"], inputs["data"], stage_dir,
-                      _config(MiniLLMConfig, cfg["minillm"]), progress=False)
+        train_minillm(
+            inputs["student"],
+            inputs["teacher"],
+            inputs["data"],
+            stage_dir,
+            _config(MiniLLMConfig, cfg["minillm"]),
+            progress=False,
+        )
     elif kind == "evaluate":
         from benchmark.config import EvalConfig
         from benchmark.data import load_prepared
@@ -207,17 +232,29 @@ def execute_stage(stage_dir: Path) -> None:
 
         tmp = stage_dir / ".records.jsonl.tmp"
         tmp.unlink(missing_ok=True)
-        evaluate_model(inputs["model"], load_prepared(inputs["data"]), _config(EvalConfig, cfg["evaluation"]),
-                       scorer=inputs["scorer"], entry=spec["entry"], scale=spec["scale"],
-                       stage=spec["id"], results_path=tmp, progress=False)
+        evaluate_model(
+            inputs["model"],
+            load_prepared(inputs["data"]),
+            _config(EvalConfig, cfg["evaluation"]),
+            scorer=inputs["scorer"],
+            entry=spec["entry"],
+            scale=spec["scale"],
+            stage=spec["id"],
+            results_path=tmp,
+            progress=False,
+        )
         os.replace(tmp, stage_dir / "records.jsonl")
     else:  # pragma: no cover - the planner makes only these kinds
         raise RunError(f"unknown stage kind {kind!r} in {stage_dir}/stage.json")
     import torch.distributed as tdist
 
     if not tdist.is_initialized() or tdist.get_rank() == 0:
-        done = {"id": spec["id"], "kind": kind, "wall_time_s": time.time() - t0,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        done = {
+            "id": spec["id"],
+            "kind": kind,
+            "wall_time_s": time.time() - t0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         tmp = stage_dir / f".{DONE_FILE}.tmp"
         tmp.write_text(json.dumps(done, indent=2))
         os.replace(tmp, stage_dir / DONE_FILE)
@@ -268,9 +305,11 @@ def _preflight(scale_name: str) -> None:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         missing.append("HF_HUB_OFFLINE=1: the MiniLLM checkpoints and dolly-15k come from the Hugging Face Hub")
     if missing:
-        raise RunError("paper scale cannot run here: " + "; ".join(missing) + ". Run a smaller scale instead: "
-                       "`nox -s smoke` (whole paper on a CPU) or add `-- --scale small` to a reproduce session; "
-                       "`python -m benchmark plan ... --scale paper` shows what paper scale would do.")
+        raise RunError(
+            "paper scale cannot run here: " + "; ".join(missing) + ". Run a smaller scale instead: "
+            "`nox -s smoke` (whole paper on a CPU) or add `-- --scale small` to a reproduce session; "
+            "`python -m benchmark plan ... --scale paper` shows what paper scale would do."
+        )
 
 
 def _plan_from_args(args) -> Plan:
@@ -308,18 +347,26 @@ def cmd_stage(args) -> int:
 
 
 def add_cli(sub) -> None:
-    for verb, func, help_ in (("plan", cmd_plan, "print the stage DAG for tables/entries"),
-                              ("run", cmd_run, "run the stages for tables/entries"),
-                              ("reproduce", cmd_reproduce, "run, then regenerate the tables/figure")):
+    for verb, func, help_ in (
+        ("plan", cmd_plan, "print the stage DAG for tables/entries"),
+        ("run", cmd_run, "run the stages for tables/entries"),
+        ("reproduce", cmd_reproduce, "run, then regenerate the tables/figure"),
+    ):
         p = sub.add_parser(verb, help=help_, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("targets", nargs="+", help="table1..table4, figure2, all, a family, or entry keys")
         p.add_argument("--scale", default="paper", choices=list(registry.SCALES))
         p.add_argument("--out", help="run directory (default runs/<scale>)")
-        p.add_argument("--retrain-one-step", action="store_true",
-                       help="paper scale: train the one-step hops here instead of using MiniLLM's checkpoints")
+        p.add_argument(
+            "--retrain-one-step",
+            action="store_true",
+            help="paper scale: train the one-step hops here instead of using MiniLLM's checkpoints",
+        )
         p.add_argument("--jobs", type=int, help="concurrent stages (default: 1 per CPU core, 1 on GPU machines)")
-        p.add_argument("--prune-checkpoints", action="store_true",
-                       help="delete each finished stage's resumable checkpoints (its selected model stays)")
+        p.add_argument(
+            "--prune-checkpoints",
+            action="store_true",
+            help="delete each finished stage's resumable checkpoints (its selected model stays)",
+        )
         p.set_defaults(func=func)
     p = sub.add_parser("_stage", help=argparse.SUPPRESS)
     p.add_argument("stage_dir")

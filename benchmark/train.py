@@ -64,11 +64,20 @@ class Dist:
         return self.rank == 0
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def init_distributed() -> Dist:
     """Single process without a launcher, or one rank of `deepspeed`/`torchrun`. CPU uses gloo."""
     for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(k, v)
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    if "MASTER_PORT" not in os.environ:  # a lone process: any free port (concurrent stages must not collide)
+        os.environ["MASTER_PORT"] = str(free_port())
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -106,8 +115,10 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype, *, dropout: 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
-        raise TrainError(f"cannot load model {path!r}: {exc}. Give a directory written by a previous stage or a "
-                         "hub id (paper scale needs hub access or a local copy)") from exc
+        raise TrainError(
+            f"cannot load model {path!r}: {exc}. Give a directory written by a previous stage or a "
+            "hub id (paper scale needs hub access or a local copy)"
+        ) from exc
     if not dropout:
         _disable_dropout(model)  # ref minillm/model.py: the policy is put in eval(), no dropout during RL
     model.train(dropout)
@@ -118,8 +129,11 @@ def build_model(spec: registry.ModelSpec, tokenizer, n_positions: int, seed: int
     """A freshly initialised model of a small/tiny size (the analogue of a pretrained base for SFT)."""
     from transformers import AutoModelForCausalLM
 
-    ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
-           "pad": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+    ids = {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    }
     config = spec.model_config(vocab_size=len(tokenizer), n_positions=n_positions, tokenizer_ids=ids)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
@@ -128,8 +142,7 @@ def build_model(spec: registry.ModelSpec, tokenizer, n_positions: int, seed: int
 def _engine(model, optimizer, scheduler, ds_config: dict):
     import deepspeed
 
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
 
 
@@ -142,8 +155,12 @@ def _frozen_teacher(path: str, dist: Dist, precision: str, zero_stage: int):
     if zero_stage == 3 and dist.world_size > 1:
         import deepspeed
 
-        cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
-               "fp16": {"enabled": precision == "fp16"}, "bf16": {"enabled": precision == "bf16"}}
+        cfg = {
+            "train_micro_batch_size_per_gpu": 1,
+            "zero_optimization": {"stage": 3},
+            "fp16": {"enabled": precision == "fp16"},
+            "bf16": {"enabled": precision == "bf16"},
+        }
         teacher = deepspeed.initialize(model=teacher, config=cfg)[0].module
         teacher.eval()
     return teacher
@@ -155,17 +172,23 @@ def _check_pair(student, teacher, student_path: str, teacher_path: str, data) ->
 
     sv, tv = student.config.vocab_size, teacher.config.vocab_size
     if sv != tv:
-        raise TrainError(f"student {student_path} has vocabulary {sv}, teacher {teacher_path} has {tv}: a MiniLLM "
-                         "hop needs one shared vocabulary (rewards and the single-step KL are per token)")
+        raise TrainError(
+            f"student {student_path} has vocabulary {sv}, teacher {teacher_path} has {tv}: a MiniLLM "
+            "hop needs one shared vocabulary (rewards and the single-step KL are per token)"
+        )
     for path, model in ((student_path, student), (teacher_path, teacher)):
         if model.config.model_type != data.family:
-            raise TrainError(f"{path} is a {model.config.model_type} model but {data.path} was prepared for "
-                             f"{data.family}: prepare data with --family {model.config.model_type}")
+            raise TrainError(
+                f"{path} is a {model.config.model_type} model but {data.path} was prepared for "
+                f"{data.family}: prepare data with --family {model.config.model_type}"
+            )
         tok_dir = Path(path)
         if (tok_dir / "tokenizer.json").exists():
             if AutoTokenizer.from_pretrained(tok_dir).get_vocab() != data.tokenizer.get_vocab():
-                raise TrainError(f"the tokenizer saved with {path} differs from the data's tokenizer "
-                                 f"({data.path}/tokenizer): the data was prepared with another tokenizer")
+                raise TrainError(
+                    f"the tokenizer saved with {path} differs from the data's tokenizer "
+                    f"({data.path}/tokenizer): the data was prepared with another tokenizer"
+                )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,8 +226,9 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, client_state: dict, dist
     if dist.is_main and tmp.exists():
         shutil.rmtree(tmp)
     torch.distributed.barrier()
-    engine.save_checkpoint(str(tmp), tag="state", client_state=client_state | {"rng": _rng_state()},
-                           save_latest=False)
+    engine.save_checkpoint(
+        str(tmp), tag="state", client_state={"trainer": client_state, "rng": _rng_state()}, save_latest=False
+    )
     torch.distributed.barrier()
     if dist.is_main:
         final = ckpt_root / name
@@ -223,12 +247,13 @@ def load_checkpoint(engine, ckpt_root: Path) -> dict | None:
     if not latest.exists():
         return None
     path = ckpt_root / latest.read_text().strip()
-    _, client = engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
-                                       load_lr_scheduler_states=True)
+    _, client = engine.load_checkpoint(
+        str(path), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+    )
     if client is None:
         raise TrainError(f"checkpoint {path} could not be loaded; delete {ckpt_root} to restart this stage")
-    _set_rng_state(client.pop("rng"))
-    return client
+    _set_rng_state(client["rng"])
+    return client["trainer"]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -304,8 +329,19 @@ def _response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask
 
 
 @torch.no_grad()
-def validate(model, teacher, examples, *, tokenizer, eos_token_id: int, max_prompt_length: int, settings,
-             batch_size: int, seed: int, dist: Dist) -> dict:
+def validate(
+    model,
+    teacher,
+    examples,
+    *,
+    tokenizer,
+    eos_token_id: int,
+    max_prompt_length: int,
+    settings,
+    batch_size: int,
+    seed: int,
+    dist: Dist,
+) -> dict:
     """Validation ROUGE-L of the student's samples (one seed, no n-gram blocking: the reference's training-time
     validation, ref §1.5 and LMOps #329) and, with a teacher, the student's sequence-level reverse KL: the exact
     per-position KL(q||p) summed over each sampled response, averaged over prompts. Examples are sharded over
@@ -321,8 +357,9 @@ def validate(model, teacher, examples, *, tokenizer, eos_token_id: int, max_prom
         chunk = idx[start : start + batch_size]
         p_ids, p_mask = left_pad([examples[i].prompt_ids for i in chunk], eos_token_id, max_prompt_length)
         p_ids, p_mask = p_ids.to(dist.device), p_mask.to(dist.device)
-        out = sample(model, p_ids, p_mask, settings, eos_token_id=eos_token_id,
-                     generators=example_generators(seed, chunk))
+        out = sample(
+            model, p_ids, p_mask, settings, eos_token_id=eos_token_id, generators=example_generators(seed, chunk)
+        )
         texts = tokenizer.batch_decode(out.response_ids.cpu(), skip_special_tokens=True)
         for i, text in zip(chunk, texts):
             preds[i] = postprocess(text, tokenizer.eos_token)
@@ -381,15 +418,24 @@ def _gather_buffer(local: Buffer, dist: Dist) -> Buffer:
     n = sum(len(p) for p in parts)
     order = torch.empty(n, dtype=torch.long)
     for r in range(dist.world_size):
-        order[torch.arange(r, n, dist.world_size)] = torch.arange(sum(len(p) for p in parts[:r]),
-                                                                  sum(len(p) for p in parts[: r + 1]))
+        order[torch.arange(r, n, dist.world_size)] = torch.arange(
+            sum(len(p) for p in parts[:r]), sum(len(p) for p in parts[: r + 1])
+        )
     cat = Buffer(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Buffer)))
     return cat.take(order).to(dist.device)
 
 
 @torch.no_grad()
-def collect_rollouts(student, teacher, prompts: list[list[int]], draw_ids: list[int], cfg: MiniLLMConfig,
-                     eos_token_id: int, dist: Dist, chunk_size: int) -> tuple[Buffer, dict]:
+def collect_rollouts(
+    student,
+    teacher,
+    prompts: list[list[int]],
+    draw_ids: list[int],
+    cfg: MiniLLMConfig,
+    eos_token_id: int,
+    dist: Dist,
+    chunk_size: int,
+) -> tuple[Buffer, dict]:
     """Teacher-mixed rollouts for this rank's prompts (ref sampler.py::run_sample, §1.3 steps 1-7)."""
     from benchmark.sampling import example_generators, left_pad, sample
 
@@ -399,36 +445,60 @@ def collect_rollouts(student, teacher, prompts: list[list[int]], draw_ids: list[
         p_ids, p_mask = left_pad(batch, eos_token_id, cfg.max_prompt_length)
         p_ids, p_mask = p_ids.to(dist.device), p_mask.to(dist.device)
         # Each rollout's randomness comes from (seed, global draw index): independent of ranks and chunking.
-        out = sample(student, p_ids, p_mask, cfg.generation, eos_token_id=eos_token_id,
-                     generators=example_generators(cfg.seed, ids), mix_model=teacher,
-                     mix_alpha=cfg.teacher_mixed_alpha, return_logprobs=True)
+        out = sample(
+            student,
+            p_ids,
+            p_mask,
+            cfg.generation,
+            eos_token_id=eos_token_id,
+            generators=example_generators(cfg.seed, ids),
+            mix_model=teacher,
+            mix_alpha=cfg.teacher_mixed_alpha,
+            return_logprobs=True,
+        )
         mask = out.response_mask
         w = losses.importance_weights(out.student_logprobs, out.teacher_logprobs, cfg.teacher_mixed_alpha)
-        r = losses.rewards(out.teacher_logprobs, out.student_logprobs, mask, cfg.reward_scaling,
-                           cfg.cliprange_reward)
+        r = losses.rewards(out.teacher_logprobs, out.student_logprobs, mask, cfg.reward_scaling, cfg.cliprange_reward)
         parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, out.student_logprobs, w * mask + (1 - mask), r))
         stats["mixed_lens"].append(out.lengths.float())
         if cfg.log_student_sample:
             # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging
-            stu = sample(student, p_ids, p_mask, cfg.generation, eos_token_id=eos_token_id,
-                         generators=example_generators(cfg.seed + 1, ids), mix_model=teacher, mix_alpha=0.0,
-                         return_logprobs=True)
+            stu = sample(
+                student,
+                p_ids,
+                p_mask,
+                cfg.generation,
+                eos_token_id=eos_token_id,
+                generators=example_generators(cfg.seed + 1, ids),
+                mix_model=teacher,
+                mix_alpha=0.0,
+                return_logprobs=True,
+            )
             stats["stu_lens"].append(stu.lengths.float())
             stats["rev_kl"].append(((stu.student_logprobs - stu.teacher_logprobs) * stu.response_mask).sum(-1))
     local = Buffer(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Buffer)))
     return local, {k: torch.cat(v).mean().item() for k, v in stats.items() if v}
 
 
-def _ppo_micro_loss(engine, teacher, mb: Buffer, advantages, cfg: MiniLLMConfig, n_tokens: float,
-                    pt_batch: torch.Tensor | None, n_pt_tokens: float) -> tuple[torch.Tensor, dict]:
+def _ppo_micro_loss(
+    engine,
+    teacher,
+    mb: Buffer,
+    advantages,
+    cfg: MiniLLMConfig,
+    n_tokens: float,
+    pt_batch: torch.Tensor | None,
+    n_pt_tokens: float,
+) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch, scaled so that the sum over micro-batches and ranks is the global token mean."""
     s_logits = _response_logits(engine, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
     s_logits = s_logits.float() / cfg.generation.temperature
     stats, loss = {}, s_logits.new_zeros(())
     if cfg.policy_gradient:
         logprobs = losses.token_logprobs(s_logits, mb.response_ids)
-        pg = losses.ppo_clip_loss(logprobs, mb.old_logprobs, mb.weights, advantages, mb.response_mask,
-                                  cfg.cliprange, num_tokens=n_tokens)
+        pg = losses.ppo_clip_loss(
+            logprobs, mb.old_logprobs, mb.weights, advantages, mb.response_mask, cfg.cliprange, num_tokens=n_tokens
+        )
         loss, stats["pg_loss"] = loss + pg, pg.item()
     with torch.no_grad():
         t_logits = _response_logits(teacher, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
@@ -449,8 +519,15 @@ def _ppo_micro_loss(engine, teacher, mb: Buffer, advantages, cfg: MiniLLMConfig,
     return loss, stats
 
 
-def train_minillm(student_path: str, teacher_path: str, data_dir: str | Path, out_dir: str | Path,
-                  cfg: MiniLLMConfig, *, progress: bool = True) -> Path:
+def train_minillm(
+    student_path: str,
+    teacher_path: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: MiniLLMConfig,
+    *,
+    progress: bool = True,
+) -> Path:
     """Distil `teacher_path` into `student_path` (its SFT init) with MiniLLM; returns OUT/model."""
     from benchmark.data import load_prepared
 
@@ -470,15 +547,18 @@ def train_minillm(student_path: str, teacher_path: str, data_dir: str | Path, ou
     val = data.split("valid")[: cfg.val_examples]
     pt_chunks = data.pt_chunks() if cfg.pt_coef > 0 else None
     if cfg.pt_coef > 0 and pt_chunks is None:
-        raise TrainError(f"{data.path} has no pre-training chunks (pt.npy) but pt_coef={cfg.pt_coef}: prepare them "
-                         "with `python -m benchmark data pt ...` or set pt_coef=0 (the 'no PT loss' ablation)")
+        raise TrainError(
+            f"{data.path} has no pre-training chunks (pt.npy) but pt_coef={cfg.pt_coef}: prepare them "
+            "with `python -m benchmark data pt ...` or set pt_coef=0 (the 'no PT loss' ablation)"
+        )
     if pt_chunks is not None:
         pt_chunks = torch.from_numpy(pt_chunks[:, : cfg.pt_seq_length].astype(np.int64))
 
     ds = deepspeed_config(cfg, dist.world_size)
     micro, gas = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)  # ref trainer.py::setup_optimizer
+    opt = torch.optim.AdamW(
+        student.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )  # ref trainer.py::setup_optimizer
     # ref `constant_trm` = transformers' get_constant_schedule_with_warmup: lr x s/warmup, then constant. Its
     # first optimizer step therefore runs at lr 0; mirrored on purpose.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / cfg.warmup_steps if s < cfg.warmup_steps else 1.0)
@@ -488,16 +568,30 @@ def train_minillm(student_path: str, teacher_path: str, data_dir: str | Path, ou
     state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "phase": 0, "best": None, "history": []}
     log.truncate_after(state["step"])
     if state["step"] == 0 and not state["history"]:
-        v = validate(engine.module, teacher, val, tokenizer=tok, eos_token_id=eos,
-                     max_prompt_length=cfg.max_prompt_length, settings=cfg.generation, batch_size=micro,
-                     seed=cfg.seed, dist=dist)
+        v = validate(
+            engine.module,
+            teacher,
+            val,
+            tokenizer=tok,
+            eos_token_id=eos,
+            max_prompt_length=cfg.max_prompt_length,
+            settings=cfg.generation,
+            batch_size=micro,
+            seed=cfg.seed,
+            dist=dist,
+        )
         state["history"].append({"step": 0, **v})
         log.write(step=0, kind="validation", **v)
 
     n_prompts = len(prompts)
     per_rank = cfg.rollouts_per_phase // dist.world_size
-    pbar = tqdm(total=cfg.total_steps, initial=state["step"], desc="minillm steps", disable=not (progress and
-                dist.is_main), dynamic_ncols=True)
+    pbar = tqdm(
+        total=cfg.total_steps,
+        initial=state["step"],
+        desc="minillm steps",
+        disable=not (progress and dist.is_main),
+        dynamic_ncols=True,
+    )
     t_start = time.time()
     while state["step"] < cfg.total_steps:
         phase = state["phase"]
@@ -527,8 +621,9 @@ def train_minillm(student_path: str, teacher_path: str, data_dir: str | Path, ou
                 # Advantages of the whole global mini-batch: every rank holds it, so whitening statistics are the
                 # reference's all-rank statistics (ref utils.py) without depending on the world size.
                 adv = losses.minillm_advantages(mb.rewards, mb.response_mask, cfg.gamma, cfg.length_normalization)
-                adv = losses.whiten(adv, mb.response_mask, include_padding=cfg.whiten_include_padding,
-                                    distributed=False)
+                adv = losses.whiten(
+                    adv, mb.response_mask, include_padding=cfg.whiten_include_padding, distributed=False
+                )
                 n_tokens = mb.response_mask.sum().item()
                 mine_mb = slice(dist.rank * micro * gas, (dist.rank + 1) * micro * gas)
                 pt_rows = None
@@ -538,40 +633,76 @@ def train_minillm(student_path: str, teacher_path: str, data_dir: str | Path, ou
                     pt_rows = pt_chunks[rows].to(dist.device)
                 n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1) if pt_chunks is not None else 1.0
                 step_stats: dict[str, float] = {}
+                lr = sched.get_last_lr()[0]  # the rate this optimizer step uses
                 for k in range(gas):
                     sl = slice(mine_mb.start + k * micro, mine_mb.start + (k + 1) * micro)
-                    loss, st = _ppo_micro_loss(engine, teacher, mb.take(torch.arange(sl.start, sl.stop)),
-                                               adv[sl], cfg, n_tokens,
-                                               pt_rows[sl] if pt_rows is not None else None, n_pt)
+                    loss, st = _ppo_micro_loss(
+                        engine,
+                        teacher,
+                        mb.take(torch.arange(sl.start, sl.stop)),
+                        adv[sl],
+                        cfg,
+                        n_tokens,
+                        pt_rows[sl] if pt_rows is not None else None,
+                        n_pt,
+                    )
+                    _check_finite(loss, state["step"], st, out)
                     # DeepSpeed averages gradients over ranks; the loss is already the rank's share of the
                     # global token mean, so undo the averaging and skip DeepSpeed's 1/GA scaling.
                     engine.backward(loss * dist.world_size, scale_wrt_gas=False)
                     engine.step()
-                    for key, val in st.items():
-                        step_stats[key] = step_stats.get(key, 0.0) + val
+                    for key, value in st.items():
+                        step_stats[key] = step_stats.get(key, 0.0) + value
                 step_stats = {k: _all_reduce_sum(v, dist) for k, v in step_stats.items()}
                 state["step"] += 1
                 phase_tokens += int(mb.response_mask.sum().item())
                 valid = mb.response_mask.bool()
-                record = {"step": state["step"], "kind": "train", "phase": phase, **step_stats,
-                          "reward": mb.rewards[valid].mean().item() if valid.any() else 0.0,
-                          "lr": sched.get_last_lr()[0], **roll_stats,
-                          "tokens_per_s": mb.response_mask.sum().item() / max(time.time() - t_step, 1e-9)}
+                record = {
+                    "step": state["step"],
+                    "kind": "train",
+                    "phase": phase,
+                    **step_stats,
+                    "reward": mb.rewards[valid].mean().item() if valid.any() else 0.0,
+                    "lr": lr,
+                    **roll_stats,
+                    "tokens_per_s": mb.response_mask.sum().item() / max(time.time() - t_step, 1e-9),
+                }
                 log.write(**record)
                 pbar.update(1)
                 pbar.set_postfix(reg=f"{step_stats.get('reg_loss', 0):.3f}", refresh=False)
                 if state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.total_steps:
                     _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out)
         state["phase"] = phase + 1
-        log.write(step=state["step"], kind="phase", phase=phase, rollout_s=t_roll, phase_s=time.time() - t0,
-                  response_tokens=phase_tokens)
+        log.write(
+            step=state["step"],
+            kind="phase",
+            phase=phase,
+            rollout_s=t_roll,
+            phase_s=time.time() - t0,
+            response_tokens=phase_tokens,
+        )
         steps_done = state["step"]
         due = steps_done // cfg.checkpoint_interval != (steps_done - cfg.steps_per_phase) // cfg.checkpoint_interval
         if due or steps_done >= cfg.total_steps:
             save_checkpoint(engine, out / "checkpoints", steps_done, state, dist)
     pbar.close()
-    return _finish(out, state, dist, kind="minillm", cfg=cfg, wall=time.time() - t_start,
-                   inputs={"student": student_path, "teacher": teacher_path, "data": str(data_dir)})
+    return _finish(
+        out,
+        state,
+        dist,
+        kind="minillm",
+        cfg=cfg,
+        wall=time.time() - t_start,
+        inputs={"student": student_path, "teacher": teacher_path, "data": str(data_dir)},
+    )
+
+
+def _check_finite(loss: torch.Tensor, step: int, parts: dict, out: Path) -> None:
+    if not torch.isfinite(loss):
+        raise TrainError(
+            f"non-finite loss at step {step + 1} ({parts or 'lm loss'}) in {out}: lower the learning "
+            "rate or use bf16/fp32 instead of fp16; the stage resumes from its last checkpoint"
+        )
 
 
 def _all_reduce_sum(x: float, dist: Dist) -> float:
@@ -584,8 +715,18 @@ def _all_reduce_sum(x: float, dist: Dist) -> float:
 
 def _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out) -> None:
     """Validation and best-checkpoint selection by validation ROUGE-L (ref §1.5, paper B.1)."""
-    v = validate(engine.module, teacher, val, tokenizer=tok, eos_token_id=eos, max_prompt_length=cfg.max_prompt_length,
-                 settings=cfg.generation, batch_size=micro, seed=cfg.seed, dist=dist)
+    v = validate(
+        engine.module,
+        teacher,
+        val,
+        tokenizer=tok,
+        eos_token_id=eos,
+        max_prompt_length=cfg.max_prompt_length,
+        settings=cfg.generation,
+        batch_size=micro,
+        seed=cfg.seed,
+        dist=dist,
+    )
     state["history"].append({"step": state["step"], **v})
     log.write(step=state["step"], kind="validation", **v)
     if state["best"] is None or v["val_rouge_l"] > state["best"]["val_rouge_l"]:
@@ -595,8 +736,16 @@ def _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out) -
 
 def _finish(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: float, inputs: dict) -> Path:
     if dist.is_main:
-        summary = {"kind": kind, "best": state["best"], "history": state["history"], "steps": state["step"],
-                   "config": to_dict(cfg), "inputs": inputs, "world_size": dist.world_size, "wall_time_s": wall}
+        summary = {
+            "kind": kind,
+            "best": state["best"],
+            "history": state["history"],
+            "steps": state["step"],
+            "config": to_dict(cfg),
+            "inputs": inputs,
+            "world_size": dist.world_size,
+            "wall_time_s": wall,
+        }
         _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return out / "model"
@@ -642,8 +791,9 @@ def _val_loss(model, examples, cfg: SFTConfig, pad_id: int, dist: Dist, batch: i
     return _all_reduce_sum(total, dist) / max(1.0, _all_reduce_sum(count, dist))
 
 
-def train_sft(model: str | registry.ModelSpec, data_dir: str | Path, out_dir: str | Path, cfg: SFTConfig, *,
-              progress: bool = True) -> Path:
+def train_sft(
+    model: str | registry.ModelSpec, data_dir: str | Path, out_dir: str | Path, cfg: SFTConfig, *, progress: bool = True
+) -> Path:
     """Fine-tune a base model (hub id, directory, or a small/tiny ModelSpec built here) on the prepared Dolly
     train split; returns OUT/model, the checkpoint with the best validation loss (or ROUGE-L for a teacher)."""
     from benchmark.data import load_prepared
@@ -676,8 +826,11 @@ def train_sft(model: str | registry.ModelSpec, data_dir: str | Path, out_dir: st
     # ref §2.4: AdamW, weight decay 0.01 except the no-decay names; cosine to lr_min, no warmup
     decay = [p for n, p in net.named_parameters() if not any(nd in n for nd in cfg.no_decay)]
     no_decay = [p for n, p in net.named_parameters() if any(nd in n for nd in cfg.no_decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
 
     def lr_lambda(s: int) -> float:
         if s < cfg.warmup_steps:
@@ -693,8 +846,13 @@ def train_sft(model: str | registry.ModelSpec, data_dir: str | Path, out_dir: st
     state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "best": None, "history": []}
     log.truncate_after(state["step"])
 
-    pbar = tqdm(total=total, initial=state["step"], desc="sft steps", disable=not (progress and dist.is_main),
-                dynamic_ncols=True)
+    pbar = tqdm(
+        total=total,
+        initial=state["step"],
+        desc="sft steps",
+        disable=not (progress and dist.is_main),
+        dynamic_ncols=True,
+    )
     t_start = time.time()
     while state["step"] < total:
         step = state["step"]
@@ -705,42 +863,66 @@ def train_sft(model: str | registry.ModelSpec, data_dir: str | Path, out_dir: st
         ids, mask, labels = _sft_batch(batch, cfg.max_length, pad, dist.device)
         n_tokens = int((labels != -100).sum())
         t0 = time.time()
-        loss_sum = 0.0
+        loss_sum, lr = 0.0, sched.get_last_lr()[0]
         for m in range(gas):
             lo = (dist.rank * gas + m) * micro
             sl = slice(lo, lo + micro)
             logits = forward_logits(engine, ids[sl], mask[sl])[:, :-1].float()
             loss = losses.lm_cross_entropy(logits, labels[sl], num_tokens=n_tokens)
+            _check_finite(loss, step, {}, out)
             engine.backward(loss * dist.world_size, scale_wrt_gas=False)
             engine.step()
             loss_sum += loss.item()
         state["step"] += 1
-        log.write(step=state["step"], kind="train", loss=_all_reduce_sum(loss_sum, dist), lr=sched.get_last_lr()[0],
-                  tokens_per_s=float(mask.sum()) / max(time.time() - t0, 1e-9))
+        log.write(
+            step=state["step"],
+            kind="train",
+            loss=_all_reduce_sum(loss_sum, dist),
+            lr=lr,
+            tokens_per_s=float(mask.sum()) / max(time.time() - t0, 1e-9),
+        )
         pbar.update(1)
         if state["step"] % eval_interval == 0 or state["step"] == total:
             v = {"val_loss": _val_loss(engine.module, val, cfg, pad, dist, micro)}
             if cfg.select_by == "rouge_l":
                 from benchmark.config import GenerationSettings
 
-                v |= validate(engine.module, None, val, tokenizer=tok, eos_token_id=pad,
-                              max_prompt_length=cfg.max_prompt_length,
-                              settings=GenerationSettings(max_new_tokens=cfg.max_length - cfg.max_prompt_length),
-                              batch_size=micro, seed=cfg.seed, dist=dist)
+                v |= validate(
+                    engine.module,
+                    None,
+                    val,
+                    tokenizer=tok,
+                    eos_token_id=pad,
+                    max_prompt_length=cfg.max_prompt_length,
+                    settings=GenerationSettings(max_new_tokens=cfg.max_length - cfg.max_prompt_length),
+                    batch_size=micro,
+                    seed=cfg.seed,
+                    dist=dist,
+                )
             state["history"].append({"step": state["step"], **v})
             log.write(step=state["step"], kind="validation", **v)
             pbar.set_postfix(val_loss=f"{v['val_loss']:.3f}", refresh=False)
             best = state["best"]
-            improved = best is None or (v["val_rouge_l"] > best["val_rouge_l"] if cfg.select_by == "rouge_l"
-                                        else v["val_loss"] < best["val_loss"])
+            improved = best is None or (
+                v["val_rouge_l"] > best["val_rouge_l"]
+                if cfg.select_by == "rouge_l"
+                else v["val_loss"] < best["val_loss"]
+            )
             if improved:
                 state["best"] = {"step": state["step"], **v}
                 save_model(engine, tok, out / "model", dist, cfg.zero_stage)
         if state["step"] % cfg.checkpoint_interval == 0 or state["step"] == total:
             save_checkpoint(engine, out / "checkpoints", state["step"], state, dist)
     pbar.close()
-    return _finish(out, state, dist, kind="sft", cfg=cfg, wall=time.time() - t_start,
-                   inputs={"model": source, "data": str(data_dir)})
+    return _finish(
+        out,
+        state,
+        dist,
+        kind="sft",
+        cfg=cfg,
+        wall=time.time() - t_start,
+        inputs={"model": source, "data": str(data_dir)},
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -773,17 +955,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="run one training stage (SFT or a MiniLLM hop) on DeepSpeed",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="run one training stage (SFT or a MiniLLM hop) on DeepSpeed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("kind", choices=["sft", "minillm"])
     p.add_argument("--data", required=True, help="prepared data directory (python -m benchmark data ...)")
     p.add_argument("--out", required=True, help="stage output directory (resumes if it holds a checkpoint)")
     p.add_argument("--student", help="minillm: the student's SFT init (directory or hub id)")
     p.add_argument("--teacher", help="minillm: the teacher (directory or hub id)")
     p.add_argument("--model", help="sft: a base model (directory, hub id) or FAMILY:SIZE of the scale, e.g. gpt2:120M")
-    p.add_argument("--scale", default="paper", choices=list(registry.SCALES),
-                   help="apply this scale's config overrides (default: paper-faithful values)")
-    p.add_argument("--set", help='JSON of config overrides, e.g. \'{"total_steps": 100}\'')
+    p.add_argument(
+        "--scale",
+        default="paper",
+        choices=list(registry.SCALES),
+        help="apply this scale's config overrides (default: paper-faithful values)",
+    )
+    p.add_argument("--set", help="JSON of config overrides, e.g. '{\"total_steps\": 100}'")
     p.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # appended by the deepspeed launcher
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_checked_train)

@@ -18,8 +18,12 @@ def _kinds(plan):
 def test_unique_stages_trained_scales(scale, family):
     plan = build_plan([family], scale)
     # 1 data, 4 SFT (teacher + 3 inits), 7 hops (every path prefix is itself an entry), 8 evaluations
-    assert _kinds(plan) == {("data", "built"): 1, ("sft", "built"): 4, ("distill", "built"): 7,
-                            ("evaluate", "built"): 8}
+    assert _kinds(plan) == {
+        ("data", "built"): 1,
+        ("sft", "built"): 4,
+        ("distill", "built"): 7,
+        ("evaluate", "built"): 8,
+    }
     assert len(plan.entries) == 8
 
 
@@ -28,10 +32,17 @@ def test_unique_stages_paper_scale_sources_public_checkpoints(family):
     plan = build_plan([family], "paper")
     # the teacher, the 3 one-step students and the inits that multi-step hops need (2: the largest student is
     # only reached in one step) come from the hub; the 4 multi-step hops are trained
-    assert _kinds(plan) == {("data", "built"): 1, ("sft", "sourced"): 3, ("distill", "sourced"): 3,
-                            ("distill", "built"): 4, ("evaluate", "built"): 8}
+    assert _kinds(plan) == {
+        ("data", "built"): 1,
+        ("sft", "sourced"): 3,
+        ("distill", "sourced"): 3,
+        ("distill", "built"): 4,
+        ("evaluate", "built"): 8,
+    }
     if family == "gpt2":
-        hop = next(s for s in plan.stages.values() if s.kind == "distill" and s.config["path"] == ["1.5B", "760M", "120M"])
+        hop = next(
+            s for s in plan.stages.values() if s.kind == "distill" and s.config["path"] == ["1.5B", "760M", "120M"]
+        )
         teacher = plan.stages[hop.inputs["teacher"]]
         student = plan.stages[hop.inputs["student"]]
         # the paper's construction: init-gpt2-120M distilled from MiniLLM-gpt2-760M
@@ -73,8 +84,7 @@ def test_config_change_invalidates_exactly_the_dependents():
     assert teacher_eval in same
     # changing the SFT of the 120M init changes only what depends on it: the three hops into 120M and their evals
     init = next(s for s in base.stages.values() if s.kind == "sft" and s.config["size"] == "120M")
-    assert base.dependents(init.id) == {s.id for s in base.stages.values()
-                                        if s.entry and s.entry.endswith(">120M")}
+    assert base.dependents(init.id) == {s.id for s in base.stages.values() if s.entry and s.entry.endswith(">120M")}
 
 
 def test_status_and_describe(tmp_path):

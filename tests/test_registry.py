@@ -26,8 +26,16 @@ def test_sixteen_paths_eight_per_family():
     for fam in ("gpt2", "opt"):
         keys = [k for k, e in registry.ENTRIES.items() if e.family == fam]
         assert len(keys) == 8
-    expected = {"gpt2/1.5B", "gpt2/1.5B>760M", "gpt2/1.5B>340M", "gpt2/1.5B>120M", "gpt2/1.5B>760M>340M",
-                "gpt2/1.5B>760M>120M", "gpt2/1.5B>340M>120M", "gpt2/1.5B>760M>340M>120M"}
+    expected = {
+        "gpt2/1.5B",
+        "gpt2/1.5B>760M",
+        "gpt2/1.5B>340M",
+        "gpt2/1.5B>120M",
+        "gpt2/1.5B>760M>340M",
+        "gpt2/1.5B>760M>120M",
+        "gpt2/1.5B>340M>120M",
+        "gpt2/1.5B>760M>340M>120M",
+    }
     assert {k for k in registry.ENTRIES if k.startswith("gpt2/")} == expected
 
 
@@ -60,8 +68,16 @@ def test_tables_and_figure_membership():
 def test_paper_row_order_and_labels():
     keys = [k for k in registry.ENTRIES if k.startswith("opt/")]
     assert keys[0] == "opt/13B" and registry.ENTRIES[keys[0]].label == "teacher"
-    assert [registry.ENTRIES[k].label for k in keys] == ["teacher", "minillm", "minillm", "ours", "minillm", "ours",
-                                                         "ours", "ours"]
+    assert [registry.ENTRIES[k].label for k in keys] == [
+        "teacher",
+        "minillm",
+        "minillm",
+        "ours",
+        "minillm",
+        "ours",
+        "ours",
+        "ours",
+    ]
     e = registry.get("opt/13B>6.7B>2.7B>1.3B")
     assert e.tas == ("6.7B", "2.7B") and e.student == "1.3B" and e.hops == 3 and e.prefix() == "opt/13B>6.7B>2.7B"
 
@@ -98,8 +114,9 @@ def test_scales_map_every_size_with_size_ordered_models():
             if sc.name == "paper":
                 assert all(s.from_hub for s in specs)
                 assert specs[0].init == fam.teacher_sft and specs[0].minillm is None
-                assert all(s.init.startswith("MiniLLM/init-") and s.minillm.startswith("MiniLLM/MiniLLM-")
-                           for s in specs[1:])
+                assert all(
+                    s.init.startswith("MiniLLM/init-") and s.minillm.startswith("MiniLLM/MiniLLM-") for s in specs[1:]
+                )
                 continue
             from transformers import AutoModelForCausalLM
 
@@ -112,8 +129,9 @@ def test_scales_map_every_size_with_size_ordered_models():
 
 
 def test_cli_ls_json_and_validate():
-    out = subprocess.run([sys.executable, "-m", "benchmark", "ls", "--format", "json"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "ls", "--format", "json"], capture_output=True, text=True, check=True
+    ).stdout
     rows = json.loads(out)
     assert len(rows) == 16
     row = next(r for r in rows if r["key"] == "gpt2/1.5B>760M>120M")

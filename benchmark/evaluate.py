@@ -1,0 +1,555 @@
+"""Test-time evaluation exactly as MiniLLM's `evaluate_main.py` does it (ref §5.1), plus three perplexities (ref §5.2).
+
+    python -m benchmark evaluate runs/small/gpt2-120M-minillm --data data/prepared/gpt2 --scale small \\
+        --scorer runs/small/gpt2-1.5B-sft --results runs/small
+
+prints one row per metric (mean, std over seeds, per-seed values) and appends the records to
+`runs/small/results.jsonl` (schema: `benchmark.results`):
+
+    metric                   mean     std  per seed
+    rouge_l                 24.61    0.32  24.20 24.55 ...
+    exact_match              0.00    0.00  ...
+    perplexity_gold         ...
+
+ROUGE-L protocol (ref §5.1, checklist §8): the test prompt is left-padded with EOS to 256 tokens (longer prompts keep
+their first 256), up to 256 new tokens are sampled with temperature 1.0, top-k 0, top-p 1.0 and
+`no_repeat_ngram_size=6` (the reference's eval default, easy to miss), eos = pad = EOS, explicit position ids. Seeds
+10, 20, 30, 40, 50; per-seed scores, mean and std. Responses are decoded skipping special tokens, cut at the EOS text,
+stripped, and scored with rouge-score `rougeL` F-measure (Porter stemmer), max over references, x 100.
+
+Seeds and batches. The reference seeds the global torch RNG once per process (seed + rank) and draws every step with
+`torch.multinomial` over the whole batch. So an example's sample depends on the seed, on the batch it lands in (its
+neighbours consume draws from the same stream), on its position in the batch, and on how many steps earlier batches
+ran. Changing `--eval-batch-size`, the number of GPUs or the test-set order changes every text. Here each example owns a
+`torch.Generator` seeded from (seed, example index) (`benchmark.sampling.example_generators`) and draws by inverse CDF
+on its own cumulative probabilities: an example's text depends only on the seed, its index and the model. Results do
+not depend on the batch size (tested: batch 1 == batch 4). They are not the reference's exact draws (no
+implementation can replay those without its batch layout); they are draws from the same distribution.
+
+Perplexity, three definitions, all recorded:
+
+- `perplexity_gold` = exp(mean over examples of the per-example mean NLL of the gold response given the prompt), final
+  EOS not scored. This is MiniLLM's logged `lm_loss` exponentiated (ref §5.2 item 1).
+- `perplexity_gold_token` = exp(sum NLL / sum tokens) over the same tokens: the token-weighted variant, so labelled.
+- `perplexity_samples` = mean over examples of exp(mean NLL) of the model's OWN sampled responses (their EOS
+  excluded), scored by a fixed scorer model (the family's SFT teacher) conditioned on the prompt; one value per seed.
+
+The notebooks compare `perplexity_samples` against the paper's Tables 3-4. The authors' repository added a script
+that scores *generated* responses with an external model (published-verification.md §4.2, "Quantity B"), and the
+paper's teacher having a higher perplexity than its students is what that quantity gives (mode-seeking reverse-KL
+students write blander, more predictable text), never what gold-response perplexity gives (a teacher fits the gold
+responses better than its students). The gold definitions are reported beside it. Deviation from the authors'
+script, on purpose: the scorer is named and fixed, sees the prompt, and scores the token ids (no re-tokenization, no
+BOS); every seed is scored, not seed 10 only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmark import BenchmarkError
+from benchmark.config import EvalConfig
+from benchmark.sampling import example_generators, forward_logits, left_pad, sample
+
+__all__ = [
+    "EvaluationError",
+    "add_cli",
+    "evaluate_model",
+    "exact_match",
+    "generate_responses",
+    "perplexity_gold",
+    "perplexity_gold_token",
+    "perplexity_samples",
+    "postprocess",
+    "rouge_l",
+]
+
+
+class EvaluationError(BenchmarkError, ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    # ref §5.1 `rouge_metric.py`: rougeL (whole-text LCS), not rougeLsum; default tokenizer + Porter stemmer.
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def _check_pairs(predictions, references) -> None:
+    if len(predictions) == 0:
+        raise EvaluationError("no predictions to score: the test set is empty")
+    if len(predictions) != len(references):
+        # The reference truncates both lists to the shorter one without a word (ref §5.1); a silent truncation would
+        # score the wrong examples against each other, so we refuse.
+        raise EvaluationError(f"{len(predictions)} predictions for {len(references)} references; counts must match")
+
+
+def _as_list(ref) -> list[str]:
+    return [ref] if isinstance(ref, str) else list(ref)
+
+
+def rouge_l(predictions: list[str], references: list[str] | list[list[str]]) -> float:
+    """Corpus ROUGE-L x 100: mean over examples of the rougeL F-measure, max over an example's references.
+
+    `rouge_l(["the cats are running"], ["the cat runs"])` -> 85.71 (stemming: cats -> cat, running/runs -> run).
+    An empty prediction (or one without [a-z0-9]) scores 0, as in rouge-score. Not rounded (the reference rounds the
+    corpus score to 4 decimals).
+    """
+    _check_pairs(predictions, references)
+    scorer = _rouge_scorer()
+    total = 0.0
+    for pred, ref in zip(predictions, references):
+        if not pred.strip():
+            continue  # ref §5.1: an empty prediction scores 0
+        total += max(scorer.score(target=r, prediction=pred)["rougeL"].fmeasure for r in _as_list(ref))
+    return 100.0 * total / len(predictions)
+
+
+def _normalize_answer(s: str) -> str:
+    """SQuAD normalisation as in the reference: lowercase, drop punctuation, collapse whitespace (articles kept)."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    return " ".join(s.split())
+
+
+def exact_match(predictions: list[str], references: list[str] | list[list[str]]) -> float:
+    """Percentage of predictions equal to one of their references after `_normalize_answer` (ref §5.1)."""
+    _check_pairs(predictions, references)
+    hits = sum(
+        any(_normalize_answer(p) == _normalize_answer(r) for r in _as_list(ref))
+        for p, ref in zip(predictions, references)
+    )
+    return 100.0 * hits / len(predictions)
+
+
+def postprocess(text: str, eos_text: str | None) -> str:
+    """ref §5.1 lines 143-168: (text decoded with skip_special_tokens) cut at the EOS text if still present, strip."""
+    if eos_text and eos_text in text:
+        text = text[: text.index(eos_text)]
+    return text.strip()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield list(range(start, min(n, start + size)))
+
+
+def _sample_ids(
+    model, examples: Sequence, cfg: EvalConfig, seed: int, *, eos_token_id: int, progress: bool = True
+) -> list[list[int]]:
+    """Every example's sampled response ids, cut before the first EOS."""
+    from tqdm.auto import tqdm
+
+    if len(examples) == 0:
+        raise EvaluationError("the test set is empty: nothing to generate")
+    device = _device_of(model)
+    out: list[list[int]] = []
+    batches = list(_batches(len(examples), cfg.batch_size))
+    for idx in tqdm(batches, desc=f"seed {seed}", unit="batch", leave=False, disable=not progress):
+        # ref §5.1: prompts left-padded with EOS to exactly max_prompt_length (256); longer ones keep their first
+        # tokens (left_pad). Padding every batch to the same length keeps the n-gram ban, which sees the padded
+        # prompt as HF generate does, identical across batch sizes.
+        ids, mask = left_pad([list(examples[i].prompt_ids) for i in idx], eos_token_id, cfg.max_prompt_length)
+        res = sample(
+            model,
+            ids.to(device),
+            mask.to(device),
+            cfg.generation,
+            eos_token_id=eos_token_id,
+            generators=example_generators(seed, idx),
+        )
+        for row, n in zip(res.response_ids.tolist(), res.lengths.tolist()):
+            out.append([t for t in row[:n] if t != eos_token_id])
+    return out
+
+
+def generate_responses(
+    model, tokenizer, examples: Sequence, cfg: EvalConfig, seed: int, *, eos_token_id: int, progress: bool = True
+) -> list[str]:
+    """Sampled, post-processed responses for `examples` (objects with `.prompt_ids`), in order.
+
+    `cfg.generation` reaches `sample` unchanged (test defaults: do_sample, temperature 1, top_k 0, top_p 1,
+    no_repeat_ngram_size 6, 256 new tokens); example i draws from `example_generators(seed, [i])`.
+    """
+    ids = _sample_ids(model, examples, cfg, seed, eos_token_id=eos_token_id, progress=progress)
+    return [postprocess(tokenizer.decode(r, skip_special_tokens=True), tokenizer.eos_token) for r in ids]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Perplexity
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _response_nll(
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    *,
+    eos_token_id: int,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "nll",
+) -> list[tuple[float, int]]:
+    """(sum NLL, scored tokens) of each response given its prompt, teacher-forced, natural log.
+
+    Sequences prompt + response are left-padded batch-wise with explicit position ids, which equals an unpadded
+    forward per example (tested). Response tokens equal to EOS stay in the context but are not scored (ref §5.2
+    item 1: the reference masks every label equal to EOS/pad).
+    """
+    from tqdm.auto import tqdm
+
+    device = _device_of(model)
+    out: list[tuple[float, int]] = []
+    for idx in tqdm(
+        list(_batches(len(prompts), batch_size)), desc=desc, unit="batch", leave=False, disable=not progress
+    ):
+        seqs = [list(prompts[i]) + list(responses[i]) for i in idx]
+        ids, mask = left_pad(seqs, eos_token_id)
+        ids, mask = ids.to(device), mask.to(device)
+        logp = F.log_softmax(forward_logits(model, ids, mask).float(), dim=-1)
+        nll = -logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)  # nll[:, j] scores token j + 1
+        L = ids.shape[1]
+        for row, i in enumerate(idx):
+            n = len(responses[i])
+            if not prompts[i]:
+                raise EvaluationError(f"example {i} has an empty prompt: its first response token has no context")
+            if n == 0:
+                out.append((0.0, 0))
+                continue
+            targets = ids[row, L - n :]
+            scored = targets != eos_token_id
+            out.append((float(nll[row, L - n - 1 :][scored].sum()), int(scored.sum())))
+    return out
+
+
+def _gold_pairs(
+    examples: Sequence, eos_token_id: int, max_prompt_length: int, max_response_length: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    prompts, responses = [], []
+    for ex in examples:
+        resp = list(ex.response_ids)
+        if resp and resp[-1] == eos_token_id:
+            resp = resp[:-1]  # ref §5.2 item 1: the final EOS is never scored (it is not even in output_ids)
+        prompts.append(list(ex.prompt_ids)[:max_prompt_length])
+        responses.append(resp[:max_response_length])  # the reference truncates encode(output) to 256 tokens
+    return prompts, responses
+
+
+def _gold_nll(model, examples, *, eos_token_id, max_prompt_length, max_response_length, batch_size, progress=False):
+    if len(examples) == 0:
+        raise EvaluationError("the test set is empty: no gold responses to score")
+    prompts, responses = _gold_pairs(examples, eos_token_id, max_prompt_length, max_response_length)
+    return _response_nll(
+        model, prompts, responses, eos_token_id=eos_token_id, batch_size=batch_size, progress=progress, desc="gold nll"
+    )
+
+
+def _ppl_example_mean(pairs: list[tuple[float, int]]) -> float:
+    """exp(mean over examples of the per-example mean NLL); examples without a scored token are skipped."""
+    means = [s / n for s, n in pairs if n > 0]
+    return math.exp(sum(means) / len(means)) if means else float("nan")
+
+
+def _ppl_token(pairs: list[tuple[float, int]]) -> float:
+    n = sum(n for _, n in pairs)
+    return math.exp(sum(s for s, _ in pairs) / n) if n else float("nan")
+
+
+def _ppl_mean_of_exp(pairs: list[tuple[float, int]]) -> float:
+    vals = [math.exp(s / n) for s, n in pairs if n > 0]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def perplexity_gold(
+    model,
+    examples: Sequence,
+    *,
+    eos_token_id: int,
+    max_prompt_length: int = 256,
+    max_response_length: int = 256,
+    batch_size: int = 8,
+) -> float:
+    """exp(mean over examples of the per-example mean NLL of the gold response, final EOS not scored): MiniLLM's
+    `lm_loss` (ref §5.2 item 1). Examples need `.prompt_ids` and `.response_ids` (EOS appended)."""
+    return _ppl_example_mean(
+        _gold_nll(
+            model,
+            examples,
+            eos_token_id=eos_token_id,
+            max_prompt_length=max_prompt_length,
+            max_response_length=max_response_length,
+            batch_size=batch_size,
+        )
+    )
+
+
+def perplexity_gold_token(
+    model,
+    examples: Sequence,
+    *,
+    eos_token_id: int,
+    max_prompt_length: int = 256,
+    max_response_length: int = 256,
+    batch_size: int = 8,
+) -> float:
+    """Token-weighted gold perplexity exp(sum NLL / sum tokens) over the same tokens as `perplexity_gold`."""
+    return _ppl_token(
+        _gold_nll(
+            model,
+            examples,
+            eos_token_id=eos_token_id,
+            max_prompt_length=max_prompt_length,
+            max_response_length=max_response_length,
+            batch_size=batch_size,
+        )
+    )
+
+
+def perplexity_samples(
+    scorer,
+    examples: Sequence,
+    responses: list[list[int]],
+    *,
+    eos_token_id: int,
+    max_prompt_length: int = 256,
+    batch_size: int = 8,
+) -> float:
+    """Mean over examples of exp(mean NLL) of sampled `responses` (token ids, EOS excluded) under `scorer`, given
+    each example's prompt. Empty responses have no token to score and are skipped (nan if all are empty)."""
+    if len(examples) != len(responses):
+        raise EvaluationError(f"{len(responses)} responses for {len(examples)} examples")
+    if len(examples) == 0:
+        raise EvaluationError("the test set is empty: no samples to score")
+    prompts = [list(ex.prompt_ids)[:max_prompt_length] for ex in examples]
+    responses = [[t for t in r if t != eos_token_id] for r in responses]
+    return _ppl_mean_of_exp(_response_nll(scorer, prompts, responses, eos_token_id=eos_token_id, batch_size=batch_size))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One model, every metric
+# ----------------------------------------------------------------------------------------------------------------
+
+
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _load_model(path_or_id, cfg: EvalConfig, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    # ref §5.1: the reference evaluates in fp16; on a CPU we stay in float32.
+    dtype = _TORCH_DTYPES[cfg.precision] if device.type == "cuda" else torch.float32
+    return AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=dtype).to(device).eval()
+
+
+def _load_data(data):
+    if isinstance(data, (str, Path)):
+        from benchmark.data import load_prepared
+
+        return load_prepared(data)
+    return data
+
+
+def evaluate_model(
+    model_path_or_id,
+    data,
+    cfg: EvalConfig,
+    *,
+    scorer=None,
+    entry: str | None = None,
+    scale: str | None = None,
+    stage: str | None = None,
+    results_path=None,
+    device=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Evaluate one model on `data`'s test split: ROUGE-L and exact match per seed, the two gold perplexities, and
+    (with a `scorer`: path, hub id or loaded model) `perplexity_samples` per seed. Returns the result records
+    (`benchmark.results` schema) and appends them to `results_path` (a file or a run directory) if given.
+
+    `data`: a PreparedData (`benchmark.data.load_prepared`) or a directory to load one from; it provides
+    `.split("test")`, `.tokenizer`, `.eos_token_id`.
+    """
+    from tqdm.auto import tqdm
+
+    from benchmark import results
+
+    t0 = time.time()
+    data = _load_data(data)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    examples = list(data.split("test"))
+    if cfg.num_examples is not None:
+        examples = examples[: cfg.num_examples]
+    if not examples:
+        raise EvaluationError("the test split is empty: nothing to evaluate")
+    tokenizer, eos = data.tokenizer, data.eos_token_id
+    model = _load_model(model_path_or_id, cfg, device)
+    scorer_model, scorer_id = None, None
+    if scorer is not None:
+        if isinstance(scorer, torch.nn.Module):
+            scorer_model, scorer_id = (
+                scorer,
+                {"path": getattr(scorer, "name_or_path", None), "hub_id": None, "sha256": None},
+            )
+        else:
+            scorer_model, scorer_id = _load_model(scorer, cfg, device), results.model_identity(scorer)
+    references = [ex.output for ex in examples]
+
+    per_seed: dict[str, list[float]] = {"rouge_l": [], "exact_match": [], "perplexity_samples": []}
+    for seed in tqdm(cfg.seeds, desc="seeds", unit="seed", disable=not progress):
+        ids = _sample_ids(model, examples, cfg, seed, eos_token_id=eos, progress=progress)
+        texts = [postprocess(tokenizer.decode(r, skip_special_tokens=True), tokenizer.eos_token) for r in ids]
+        per_seed["rouge_l"].append(rouge_l(texts, references))
+        per_seed["exact_match"].append(exact_match(texts, references))
+        if scorer_model is not None:
+            per_seed["perplexity_samples"].append(
+                perplexity_samples(
+                    scorer_model,
+                    examples,
+                    ids,
+                    eos_token_id=eos,
+                    max_prompt_length=cfg.max_prompt_length,
+                    batch_size=cfg.batch_size,
+                )
+            )
+
+    gold = _gold_nll(
+        model,
+        examples,
+        eos_token_id=eos,
+        max_prompt_length=cfg.max_prompt_length,
+        max_response_length=cfg.generation.max_new_tokens,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
+    wall = time.time() - t0
+    common = dict(
+        entry=entry,
+        scale=scale,
+        stage=stage,
+        model=results.model_identity(model_path_or_id),
+        n_examples=len(examples),
+        settings=cfg,
+        wall_time_s=wall,
+    )
+    records = [
+        results.make_record(metric="rouge_l", values=per_seed["rouge_l"], seeds=list(cfg.seeds), **common),
+        results.make_record(metric="exact_match", values=per_seed["exact_match"], seeds=list(cfg.seeds), **common),
+        results.make_record(metric="perplexity_gold", values=[_ppl_example_mean(gold)], seeds=None, **common),
+        results.make_record(metric="perplexity_gold_token", values=[_ppl_token(gold)], seeds=None, **common),
+    ]
+    if scorer_model is not None:
+        records.append(
+            results.make_record(
+                metric="perplexity_samples",
+                values=per_seed["perplexity_samples"],
+                seeds=list(cfg.seeds),
+                scorer=scorer_id,
+                **common,
+            )
+        )
+    if results_path is not None:
+        results.append(results_path, records)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in re.split(r"[,\s]+", text.strip()) if s)
+    except ValueError:
+        raise EvaluationError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise EvaluationError("--seeds is empty")
+    return seeds
+
+
+def format_table(records: list[dict]) -> str:
+    lines = [f"{'metric':<24}{'mean':>10}{'std':>9}  per seed"]
+    for r in records:
+        per = " ".join(f"{v:.2f}" for v in r["values"])
+        lines.append(f"{r['metric']:<24}{r['mean']:>10.2f}{r['std']:>9.2f}  {per}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    import dataclasses
+
+    from benchmark import registry
+    from benchmark.config import for_scale
+    from benchmark.data import load_prepared  # lazily: data.py is optional until a data verb is used
+
+    cfg = for_scale(EvalConfig, registry.scale(args.scale).evaluation) if args.scale else EvalConfig()
+    changes = {}
+    if args.seeds:
+        changes["seeds"] = _parse_seeds(args.seeds)
+    if args.num_examples is not None:
+        changes["num_examples"] = args.num_examples
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    cfg = dataclasses.replace(cfg, **changes)
+    records = evaluate_model(
+        args.model,
+        load_prepared(args.data),
+        cfg,
+        scorer=args.scorer,
+        entry=args.entry,
+        scale=args.scale,
+        results_path=args.results,
+        progress=not args.no_progress,
+    )
+    print(format_table(records))
+    if args.results:
+        print(f"appended {len(records)} records to {args.results}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    s = subparsers.add_parser("evaluate", help="ROUGE-L over seeds + perplexity of one model (ref §5)")
+    s.add_argument("model", help="a local model directory or a hub id")
+    s.add_argument("--data", required=True, help="prepared data directory (python -m benchmark data)")
+    s.add_argument("--seeds", default=None, help="comma-separated evaluation seeds (default 10,20,30,40,50)")
+    s.add_argument(
+        "--scorer",
+        default=None,
+        help="fixed scorer model for perplexity_samples (the family's SFT "
+        "teacher); without it perplexity_samples is not computed",
+    )
+    s.add_argument("--num-examples", type=int, default=None, help="first N test examples (default: all)")
+    s.add_argument("--batch-size", type=int, default=None, help="generation batch size (results do not depend on it)")
+    s.add_argument("--results", default=None, help="results JSONL file or run directory to append records to")
+    s.add_argument("--entry", default=None, help="registry entry key the model belongs to, e.g. gpt2/1.5B>120M")
+    s.add_argument("--scale", default=None, help="scale name (paper/small/tiny): its evaluation overrides apply")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,105 @@
+"""Regenerate the paper's tables and Figure 2 from a results store by executing notebooks/ with papermill.
+
+    python -m benchmark notebooks --results runs/small --scale small              # -> paper_tables/small/
+    python -m benchmark notebooks --results runs/paper --scale paper --only table1,figure2
+
+Each notebook reads only the results store and writes `<out>/tableN.{md,csv,tex}` or `figure2.{png,csv,md}`, and
+replaces its own records in `<out>/checks.json`. Executed copies go to `<out>/executed/` (never into notebooks/).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmark import BenchmarkError, registry
+from benchmark.checks import DEFAULT_TOLERANCES, Tolerances
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+
+class NotebookError(BenchmarkError, RuntimeError):
+    """A notebook failed; the message names the notebook, the cell and the executed copy to open."""
+
+
+def run_notebooks(
+    results_dir: str | Path,
+    scale: str,
+    out_dir: str | Path | None = None,
+    artefacts: Sequence[str] = tuple(registry.ARTEFACTS),
+    executed_dir: str | Path | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> Path:
+    """Execute the notebooks of `artefacts` against `results_dir`; returns the output directory.
+
+    `out_dir` defaults to `paper_tables/<scale>` in the repository; executed copies go to `executed_dir`
+    (default `<out_dir>/executed`).
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    registry.scale(scale)  # an unknown scale fails here with a suggestion, not inside a kernel
+    unknown = [a for a in artefacts if a not in registry.ARTEFACTS]
+    if unknown:
+        raise NotebookError(f"no notebook for {unknown}; artefacts are {', '.join(registry.ARTEFACTS)}")
+    results_dir = Path(results_dir).resolve()
+    if not results_dir.exists():
+        raise NotebookError(f"results store {results_dir} does not exist")
+    out = Path(out_dir).resolve() if out_dir else REPO / "paper_tables" / scale
+    executed = Path(executed_dir).resolve() if executed_dir else out / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    params = {
+        "results_dir": str(results_dir),
+        "scale": scale,
+        "out_dir": str(out),
+        "rouge_tol_min": tolerances.rouge_min,
+        "ppl_rel_tol": tolerances.ppl_rel,
+        "std_multiplier": tolerances.std_multiplier,
+    }
+    for name in artefacts:
+        target = executed / f"{name}.ipynb"
+        try:
+            # cwd=REPO: the kernel imports `benchmark` from this checkout even when it is not installed.
+            papermill.execute_notebook(
+                NOTEBOOKS / f"{name}.ipynb",
+                target,
+                parameters=params,
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+                cwd=str(REPO),
+            )
+        except PapermillExecutionError as exc:
+            raise NotebookError(
+                f"notebooks/{name}.ipynb failed in cell {exc.cell_index} (execution count "
+                f"{exc.exec_count}): {exc.ename}: {exc.evalue}; executed copy: {target}"
+            ) from exc
+    return out
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    artefacts = [a.strip() for a in args.only.split(",")] if args.only else list(registry.ARTEFACTS)
+    out = run_notebooks(
+        args.results,
+        args.scale,
+        args.out,
+        artefacts,
+        tolerances=Tolerances(args.rouge_tol_min, args.ppl_rel_tol, args.std_multiplier),
+    )
+    print(f"wrote {', '.join(artefacts)} to {out} (checks: {out / 'checks.json'})")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    d = DEFAULT_TOLERANCES
+    s = subparsers.add_parser("notebooks", help="regenerate the tables and Figure 2 from a results directory")
+    s.add_argument("--results", required=True, help="results directory (holds results.jsonl)")
+    s.add_argument("--scale", required=True, choices=list(registry.SCALES))
+    s.add_argument("--out", default=None, help="output directory (default paper_tables/<scale>)")
+    s.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(registry.ARTEFACTS)}")
+    s.add_argument("--rouge-tol-min", type=float, default=d.rouge_min, help="ROUGE-L band floor, points")
+    s.add_argument("--ppl-rel-tol", type=float, default=d.ppl_rel, help="perplexity band floor, relative")
+    s.add_argument("--std-multiplier", type=float, default=d.std_multiplier, help="band = max(floor, k * std)")
+    s.set_defaults(func=cmd_notebooks)

@@ -1,0 +1,300 @@
+"""The results store: one JSONL file per run directory (`<run>/results.jsonl`), one record per (model, metric).
+
+    >>> from benchmark import results
+    >>> df = results.read("runs/small")                      # a directory or the file itself
+    >>> df[df.metric == "rouge_l"][["entry", "stage", "mean", "std"]]
+
+Notebooks read only `read()`. Writers call `append(path, records)`; `benchmark.evaluate.evaluate_model` is the one
+writer today.
+
+Schema (SCHEMA_VERSION = 1), one JSON object per line:
+
+    schema          1
+    entry           registry entry key ("gpt2/1.5B>760M>120M") or null
+    scale           "paper" | "small" | "tiny" | null
+    stage           stage id (the chain runner's content-addressed name) or null
+    model           {"path": absolute local directory or null, "hub_id": hub id or null,
+                     "sha256": hash of the weight files' names and bytes (see `model_identity`) or null}
+    metric          a key of METRICS: rouge_l, exact_match, perplexity_gold, perplexity_gold_token, perplexity_samples
+    metric_version  METRICS[metric]["version"] when written
+    higher_is_better
+    values          per-seed values, in `seeds` order; one value for a seed-independent metric
+    seeds           the evaluation seeds, or null for a seed-independent metric (perplexity_gold*)
+    mean            mean of values
+    std             sample standard deviation of values over seeds (ddof=1); 0.0 when there is a single value
+    n_examples      test examples scored
+    settings        the EvalConfig as a dict (benchmark.config.to_dict)
+    scorer          model identity of the scorer (perplexity_samples only), else null
+    versions        {"torch", "transformers", "rouge_score", "nltk", "benchmark"}
+    git_commit      HEAD of the benchmark checkout, or null outside git
+    wall_time_s     wall time of the evaluation call that produced the record (all its metrics)
+    created         UTC ISO-8601 time the record was made
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmark import BenchmarkError
+
+SCHEMA_VERSION = 1
+DEFAULT_NAME = "results.jsonl"
+
+# Metric semantics, declared once (lm-evaluation-harness style). Bump `version` when a metric's meaning changes.
+METRICS: dict[str, dict] = {
+    "rouge_l": {
+        "higher_is_better": True,
+        "version": 1,
+        "description": "rouge-score 0.1.2 rougeL F-measure x 100 (Porter stemmer), sampled responses vs gold, mean "
+        "over examples; one value per seed (ref §5.1)",
+    },
+    "exact_match": {
+        "higher_is_better": True,
+        "version": 1,
+        "description": "SQuAD-normalised exact match x 100 (articles kept), one value per seed (ref §5.1)",
+    },
+    "perplexity_gold": {
+        "higher_is_better": False,
+        "version": 1,
+        "description": "exp(mean over examples of per-example mean NLL of the gold response given the prompt), "
+        "final EOS not scored: MiniLLM's lm_loss (ref §5.2 item 1)",
+    },
+    "perplexity_gold_token": {
+        "higher_is_better": False,
+        "version": 1,
+        "description": "token-weighted gold perplexity exp(sum NLL / sum tokens), same tokens as perplexity_gold",
+    },
+    "perplexity_samples": {
+        "higher_is_better": False,
+        "version": 1,
+        "description": "mean over examples of exp(mean NLL) of the model's own sampled responses (EOS excluded) "
+        "under a fixed scorer (the family's SFT teacher) given the prompt; one value per seed; the quantity the "
+        "notebooks compare with the paper's perplexity tables (published-verification.md §4)",
+    },
+}
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class ResultsError(BenchmarkError, ValueError):
+    pass
+
+
+def model_identity(path_or_id) -> dict:
+    """{"path", "hub_id", "sha256"} of a local model directory or a hub id.
+
+    sha256 hashes the names and bytes of the weight files (*.safetensors, *.bin, *.pt, *.pth) in sorted order, so
+    it names the weights, not the directory. For a hub id the cached snapshot is hashed if present (offline), else
+    sha256 is null.
+    """
+    p = Path(str(path_or_id))
+    if p.exists():
+        return {"path": str(p.resolve()), "hub_id": None, "sha256": _hash_weights(p)}
+    sha = None
+    try:
+        from huggingface_hub import snapshot_download
+
+        sha = _hash_weights(Path(snapshot_download(str(path_or_id), local_files_only=True)))
+    except Exception:  # not cached or not a hub id: identity by name only
+        pass
+    return {"path": None, "hub_id": str(path_or_id), "sha256": sha}
+
+
+def _hash_weights(path: Path) -> str | None:
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.name.endswith(_WEIGHT_SUFFIXES))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import benchmark
+
+    out = {"benchmark": benchmark.__version__}
+    for name, dist in (
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("rouge_score", "rouge-score"),
+        ("nltk", "nltk"),
+    ):
+        try:
+            out[name] = version(dist)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (res.stdout.strip() or None) if res.returncode == 0 else None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def make_record(
+    *,
+    metric: str,
+    values: list[float],
+    seeds: list[int] | None,
+    model: dict,
+    n_examples: int,
+    settings,
+    entry: str | None = None,
+    scale: str | None = None,
+    stage: str | None = None,
+    scorer: dict | None = None,
+    wall_time_s: float | None = None,
+) -> dict:
+    """One schema-1 record; `settings` is an EvalConfig (or already a dict)."""
+    from benchmark.config import to_dict
+
+    if metric not in METRICS:
+        raise ResultsError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
+    if not values:
+        raise ResultsError(f"{metric}: no values")
+    if seeds is not None and len(seeds) != len(values):
+        raise ResultsError(f"{metric}: {len(values)} values for {len(seeds)} seeds")
+    mean, std = _mean_std([float(v) for v in values])
+    return {
+        "schema": SCHEMA_VERSION,
+        "entry": entry,
+        "scale": scale,
+        "stage": stage,
+        "model": dict(model),
+        "metric": metric,
+        "metric_version": METRICS[metric]["version"],
+        "higher_is_better": METRICS[metric]["higher_is_better"],
+        "values": [float(v) for v in values],
+        "seeds": None if seeds is None else [int(s) for s in seeds],
+        "mean": mean,
+        "std": std,
+        "n_examples": int(n_examples),
+        "settings": settings if isinstance(settings, dict) else to_dict(settings),
+        "scorer": scorer,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "wall_time_s": wall_time_s,
+        "created": datetime.now(UTC).isoformat(),
+    }
+
+
+def _resolve(path_or_dir) -> Path:
+    p = Path(path_or_dir)
+    return p / DEFAULT_NAME if p.is_dir() or p.suffix == "" else p
+
+
+def append(path, records: list[dict]) -> Path:
+    """Append records, one JSON line each, under an exclusive flock on the file; flushed and fsynced.
+
+    `path` is the JSONL file or a run directory (-> `<dir>/results.jsonl`, created if needed). Returns the file.
+    """
+    path = _resolve(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # NaN (a perplexity with nothing to score) is written as JSON null so every line stays strict JSON.
+    lines = "".join(json.dumps(_nan_to_none(r), allow_nan=False) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return path
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+_COLUMNS = [
+    "schema",
+    "entry",
+    "scale",
+    "stage",
+    "model.path",
+    "model.hub_id",
+    "model.sha256",
+    "metric",
+    "metric_version",
+    "higher_is_better",
+    "values",
+    "seeds",
+    "mean",
+    "std",
+    "n_examples",
+    "settings",
+    "scorer",
+    "versions",
+    "git_commit",
+    "wall_time_s",
+    "created",
+]
+
+
+def read(path_or_dir):
+    """The store as a pandas DataFrame, one row per record; `model` is flattened to model.path/hub_id/sha256.
+
+    A line that is not a JSON object raises ResultsError naming the file and the line number.
+    """
+    import pandas as pd
+
+    path = _resolve(path_or_dir)
+    if not path.exists():
+        raise ResultsError(f"no results file at {path}")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ResultsError(f"{path}:{lineno}: malformed results line ({exc.msg})") from None
+            if not isinstance(rec, dict) or "metric" not in rec or "schema" not in rec:
+                raise ResultsError(f"{path}:{lineno}: not a results record (needs at least 'schema' and 'metric')")
+            if rec["schema"] != SCHEMA_VERSION:
+                raise ResultsError(f"{path}:{lineno}: schema {rec['schema']!r}, this reader knows {SCHEMA_VERSION}")
+            model = rec.pop("model", None) or {}
+            rec.update({f"model.{k}": model.get(k) for k in ("path", "hub_id", "sha256")})
+            rows.append(rec)
+    if not rows:
+        return pd.DataFrame(columns=_COLUMNS)
+    df = pd.DataFrame(rows)
+    return df[[c for c in _COLUMNS if c in df.columns] + [c for c in df.columns if c not in _COLUMNS]]

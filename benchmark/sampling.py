@@ -1,0 +1,251 @@
+"""One decode loop for everything: MiniLLM rollouts (teacher-mixed), validation and test-time generation.
+
+Stock `generate` cannot draw from a mixture of two models, so this module re-implements the step of MiniLLM's
+forked sampling loop (ref §1.3 step 1, `minillm/transformers/.../generation/utils.py` lines ~2891-2998):
+
+    every step: run the student (and the teacher) incrementally, each with its own KV cache
+                apply the same processors to both: no_repeat_ngram, temperature, top-k, top-p
+                probs = (1 - alpha) * softmax(student) + alpha * softmax(teacher)
+                draw the next token
+
+The one deliberate difference is the draw. The reference calls `torch.multinomial` on the global RNG, so a row's
+token depends on every other row in the batch (ref §5.1: "sampling depends on the global torch seed *and* the batch
+composition"). Here each row owns a `torch.Generator` (`example_generators`) that gives one uniform per step, and the
+token is found by inverse CDF on that row's cumulative probabilities. A row's draws then depend only on its own
+generator and logits: batch size and batch neighbours change nothing.
+
+    >>> out = sample(model, ids, mask, GenerationSettings(max_new_tokens=64), eos_token_id=eos,
+    ...              generators=example_generators(10, [0, 1]), mix_model=teacher, mix_alpha=0.2,
+    ...              return_logprobs=True)
+    >>> out.response_ids.shape, out.response_mask.shape      # always [B, 64], pad = EOS after the first EOS
+    (torch.Size([2, 64]), torch.Size([2, 64]))
+
+Cache API (transformers 5.24): `DynamicCache(config=model.config)` passed as `cache=` with `use_cache=True`; the
+output's `.cache` is the updated cache (`past_key_values` is the deprecated name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from benchmark.config import GenerationSettings
+
+__all__ = ["SampleOutput", "example_generators", "forward_logits", "left_pad", "position_ids", "sample"]
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """cumsum(mask) - 1, clamped at 0: the position of every real token counted from the row's first real token.
+
+    GPT-2's learned positions otherwise start counting at the left padding (ref §1.3 step 2, `reward.py` lines
+    31-34). OPT adds its own offset of 2 to whatever it is given, so the same ids serve both families.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(
+    seqs: list[list[int]], pad_id: int, length: int | None = None
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Left-pad token lists to `length` (default: the longest) -> (ids, mask), both [B, length] long.
+
+    A sequence longer than `length` keeps its FIRST `length` tokens (ref §5.1: the reference truncates test prompts
+    that way before padding them to 256 with EOS).
+    """
+    if length is None:
+        length = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        s = list(s)[:length]
+        if s:
+            ids[i, length - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, length - len(s) :] = 1
+    return ids, mask
+
+
+def forward_logits(model, input_ids, attention_mask, logits_to_keep: int | None = None) -> torch.Tensor:
+    """One full forward (no cache) with explicit position ids -> logits [B, L or logits_to_keep, V].
+
+    `logits_to_keep=k` keeps the logits of the last k positions only (transformers' `logits_to_keep`; 0/None = all).
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+        logits_to_keep=logits_to_keep or 0,
+    )
+    return out.logits
+
+
+@dataclass
+class SampleOutput:
+    """What `sample` returns; every tensor has exactly `max_new_tokens` columns.
+
+    The mask follows ref §1.3 "Mask convention": 1 up to AND INCLUDING the first EOS, 0 after it, so the EOS the
+    model chose is inside the loss and the EOS filling is not.
+    """
+
+    response_ids: torch.LongTensor  # [B, T]; after the first EOS filled with EOS (pad = EOS)
+    response_mask: torch.Tensor  # [B, T] float 0/1
+    lengths: torch.LongTensor  # [B] valid response tokens (EOS included when produced)
+    student_logprobs: torch.Tensor | None = None  # [B, T] log_softmax(student / temperature)[y_t]; 0 where mask 0
+    teacher_logprobs: torch.Tensor | None = None  # [B, T] log_softmax(raw teacher)[y_t]; 0 where mask 0
+
+
+def example_generators(seed: int, example_ids: list[int]) -> list[torch.Generator]:
+    """One CPU generator per example, seeded from (seed, example id): batching never changes an example's draws.
+
+    The pair is mixed into one 63-bit integer (a splitmix-style hash) so that nearby seeds and ids do not give
+    overlapping streams, e.g. (10, 1) and (11, 0).
+    """
+    gens = []
+    for ex in example_ids:
+        x = (int(seed) * 0x9E3779B97F4A7C15 + int(ex) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+        x ^= x >> 31
+        x = (x * 0xD6E8FEB86659FD93) % (1 << 64)
+        x ^= x >> 29
+        gens.append(torch.Generator(device="cpu").manual_seed(x & ((1 << 63) - 1)))
+    return gens
+
+
+def _processors(settings: GenerationSettings) -> LogitsProcessorList:
+    """The processors and warpers of the reference fork, in HF generate's order: processors (n-gram ban) first,
+    then warpers temperature -> top-k -> top-p (ref §1.3 step 1; test time adds no_repeat_ngram_size=6, ref §5.1)."""
+    procs = LogitsProcessorList()
+    if settings.no_repeat_ngram_size > 0:
+        # Applied over the FULL sequence, left-padded prompt included, exactly as HF generate does.
+        procs.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+    if settings.do_sample:
+        if settings.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k > 0:
+            procs.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p < 1.0:
+            procs.append(TopPLogitsWarper(settings.top_p))
+    return procs
+
+
+class _Incremental:
+    """A model decoding step by step with its own KV cache, attention mask and explicit position ids."""
+
+    def __init__(self, model, prompt_ids, prompt_mask):
+        self.model = model
+        self.mask = prompt_mask.long()
+        self.cache = DynamicCache(config=model.config)
+        self.logits = self._step(prompt_ids)
+
+    def _step(self, ids):
+        pos = position_ids(self.mask)[:, -ids.shape[1] :]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=pos,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = out.cache
+        return out.logits[:, -1, :].float()
+
+    def advance(self, tokens):
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        self.logits = self._step(tokens[:, None])
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.LongTensor:
+    """Per row, the first token whose cumulative probability exceeds u * total (never a zero-probability token)."""
+    cdf = probs.double().cumsum(-1)
+    x = (uniforms.to(cdf.device, torch.float64) * cdf[:, -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf, x, right=True).squeeze(-1)
+    # u * total can round up to total: fall back to the row's last token with non-zero probability.
+    last_nonzero = (probs > 0).long().cumsum(-1).argmax(-1)
+    return torch.minimum(idx, last_nonzero)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids,
+    prompt_mask,
+    settings: GenerationSettings,
+    *,
+    eos_token_id: int,
+    generators: list[torch.Generator] | None = None,
+    mix_model=None,
+    mix_alpha: float = 0.0,
+    return_logprobs: bool = False,
+) -> SampleOutput:
+    """Decode up to `settings.max_new_tokens` tokens from left-padded prompts (pad = EOS).
+
+    With `mix_model` (the teacher), draws from (1 - mix_alpha) q + mix_alpha p after the same processors on both
+    (ref §1.3 step 1). `generators`: one per row (`example_generators`); None draws from the global torch RNG.
+    `return_logprobs`: the student's log q(y_t) = log_softmax(logits / temperature) (ref §1.3 step 3) and, with a
+    `mix_model`, the teacher's log p(y_t) over the full vocabulary, no temperature, no processors (ref §1.3 step 2),
+    both read from the step logits (no extra forward).
+    """
+    B, T = prompt_ids.shape[0], settings.max_new_tokens
+    if generators is not None and len(generators) != B:
+        raise ValueError(f"{len(generators)} generators for {B} rows")
+    device = prompt_ids.device
+    procs = _processors(settings)
+    if settings.do_sample:
+        if generators is None:
+            uniforms = torch.rand((B, T), dtype=torch.float64, device=device)
+        else:
+            # All of a row's uniforms up front: the generator advances by exactly T per call, early stop or not.
+            uniforms = torch.stack([torch.rand(T, generator=g, dtype=torch.float64) for g in generators]).to(device)
+
+    student = _Incremental(model, prompt_ids, prompt_mask)
+    teacher = _Incremental(mix_model, prompt_ids, prompt_mask) if mix_model is not None else None
+    seq = prompt_ids
+    tokens_out = torch.full((B, T), eos_token_id, dtype=torch.long, device=device)
+    mask_out = torch.zeros((B, T), dtype=torch.float32, device=device)
+    s_lp = torch.zeros((B, T), dtype=torch.float32, device=device) if return_logprobs else None
+    t_lp = torch.zeros((B, T), dtype=torch.float32, device=device) if return_logprobs and teacher else None
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+
+    for t in range(T):
+        s_logits = student.logits
+        probs = F.softmax(procs(seq, s_logits.clone()), dim=-1)
+        if teacher is not None and mix_alpha > 0:
+            probs = (1 - mix_alpha) * probs + mix_alpha * F.softmax(procs(seq, teacher.logits.clone()), dim=-1)
+        if settings.do_sample:
+            tok = _inverse_cdf(probs, uniforms[:, t])
+        else:
+            tok = probs.argmax(-1)
+        tok = torch.where(finished, torch.full_like(tok, eos_token_id), tok)
+        live = ~finished
+        tokens_out[:, t] = tok
+        mask_out[:, t] = live.float()
+        if return_logprobs:
+            lq = F.log_softmax(s_logits / settings.temperature, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+            s_lp[:, t] = torch.where(live, lq, 0.0)
+            if t_lp is not None:
+                lp = F.log_softmax(teacher.logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+                t_lp[:, t] = torch.where(live, lp, 0.0)
+        finished = finished | (tok == eos_token_id)
+        if bool(finished.all()) or t == T - 1:
+            break
+        seq = torch.cat([seq, tok[:, None]], dim=1)
+        student.advance(tok)
+        if teacher is not None:
+            teacher.advance(tok)
+
+    return SampleOutput(
+        response_ids=tokens_out,
+        response_mask=mask_out,
+        lengths=mask_out.sum(-1).long(),
+        student_logprobs=s_lp,
+        teacher_logprobs=t_lp,
+    )

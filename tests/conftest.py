@@ -1,0 +1,107 @@
+"""Shared fixtures: a locally trained GPT-2-style tokenizer and tiny random GPT-2 / OPT models on it.
+
+    tiny_tokenizer_dir  session-scoped directory (save_pretrained) of a byte-level BPE trained on synthetic lines;
+                        `<|endoftext|>` is bos = eos = pad, padding_side="left"
+    tiny_tokenizer      that tokenizer loaded with AutoTokenizer (its `name_or_path` is the directory)
+    tiny_gpt2           GPT2LMHeadModel, 2 layers, 32 dims, n_positions 512, random weights (seed 0), eval mode
+    tiny_opt            OPTForCausalLM, same sizes, random weights (seed 1), eval mode
+
+No network: everything is built from configs. Models are function-scoped (cheap) so a test may modify its copy.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EOS = "<|endoftext|>"
+N_POSITIONS = 512  # covers the paper protocol: 256 prompt + 256 new tokens
+
+
+def _synthetic_lines(n: int = 400) -> list[str]:
+    """Dolly-like instruction text from a fixed word list (deterministic, no data files)."""
+    import random
+
+    rng = random.Random(0)
+    words = (
+        "the a an what why how is are write explain list give summarize describe running runs ran cat dog "
+        "river bank model student teacher answer question data paper table number of to in on for with and "
+        "below instruction response input small large language knowledge distillation step"
+    ).split()
+    lines = []
+    for i in range(n):
+        body = " ".join(rng.choice(words) for _ in range(rng.randint(4, 20)))
+        lines.append(f"Below is an instruction.\n\n### Instruction:\n{body}?\n\n### Response:\n{body.title()} {i}.")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(_synthetic_lines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, padding_side="left"
+    )
+    path = tmp_path_factory.mktemp("tiny_tokenizer")
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def _ids(tokenizer) -> dict[str, int]:
+    return dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+
+
+def _seeded(seed: int, build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+@pytest.fixture
+def tiny_gpt2(tiny_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=len(tiny_tokenizer), n_positions=N_POSITIONS, n_layer=2, n_embd=32, n_head=2, **_ids(tiny_tokenizer)
+    )
+    return _seeded(0, lambda: GPT2LMHeadModel(cfg))
+
+
+@pytest.fixture
+def tiny_opt(tiny_tokenizer):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    cfg = OPTConfig(
+        vocab_size=len(tiny_tokenizer),
+        max_position_embeddings=N_POSITIONS,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        ffn_dim=64,
+        word_embed_proj_dim=32,
+        do_layer_norm_before=True,
+        **_ids(tiny_tokenizer),
+    )
+    return _seeded(1, lambda: OPTForCausalLM(cfg))

@@ -1,0 +1,353 @@
+"""benchmark.data: MiniLLM's Dolly preparation (ref §4.1), the PT chunks (ref §4.2), the reader API and its errors.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/pytest tests/test_data.py -q     # ~10 s, no network
+
+Tokenizers are trained here on a few hundred strings (benchmark.synthetic.train_tokenizer), so every id is local.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark import BenchmarkError, data
+from benchmark.synthetic import generate_records, train_tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+GOLDEN_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\nName three birds.\n\n### Response:\n"
+)
+GOLDEN_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\nWho leads Vicapen?\n\n### Input:\nSobin leads Vicapen.\n\n### Response:\n"
+)
+
+
+def _cli(argv: list[str]) -> int:
+    """`python -m benchmark data ...` with only this module's verbs (other verbs' imports stay out of the test)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    data.add_cli(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def test_dolly_prompt_matches_minillm_template():
+    assert data.dolly_prompt("Name three birds.", "") == GOLDEN_NO_INPUT
+    assert data.dolly_prompt("Who leads Vicapen?", "Sobin leads Vicapen.") == GOLDEN_WITH_INPUT
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures: two locally trained tokenizers and a small MiniLLM/dolly-style source directory
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory) -> dict[str, Path]:
+    recs = generate_records(3, {"train": 300, "pt": 50})
+    texts = [data.dolly_prompt(r["instruction"], r["context"]) + r["response"] for r in recs["train"]] + recs["pt"]
+    out = {}
+    for family in ("gpt2", "opt"):
+        out[family] = tmp_path_factory.mktemp(f"tok-{family}")
+        train_tokenizer(texts, family, out[family], vocab_size=600)
+    return out
+
+
+def _long(n_words: int) -> str:
+    return " ".join(["word"] * n_words)  # far more than 256 tokens once n_words > 256
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def dolly_dir(tmp_path) -> Path:
+    """raw.jsonl: 10 records (both field conventions); records 1 (valid) and 6 (train) have >256-token prompts.
+    valid.jsonl (the test set): 3 records, one with a >256-token prompt."""
+    d = tmp_path / "dolly"
+    d.mkdir()
+    raw = []
+    for i in range(10):
+        instruction = _long(400) if i in (1, 6) else f"Question number {i}?"
+        if i % 2:  # databricks-dolly-15k field names
+            raw.append(
+                {
+                    "instruction": instruction,
+                    "context": "" if i % 3 else f"ctx {i}",
+                    "response": f"ans {i}",
+                    "category": "open_qa",
+                }
+            )
+        else:  # MiniLLM/dolly field names
+            raw.append({"instruction": instruction, "input": "", "output": f"ans {i}"})
+    _write(d / "raw.jsonl", raw)
+    _write(
+        d / "valid.jsonl",
+        [
+            {"instruction": "Test one?", "input": "", "output": "one"},
+            {"instruction": "Test two?", "input": _long(400), "output": "two"},
+            {"instruction": "Test three?", "input": "some input", "output": "three"},
+        ],
+    )
+    return d
+
+
+def _prepare(dolly_dir, tokenizers, tmp_path, family="gpt2", name="prep"):
+    return data.prepare_dolly(str(dolly_dir), family, str(tokenizers[family]), tmp_path / name, dev_num=3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Splits and the 256-token rules (ref §4.1)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_splits_and_prompt_length_rules(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    m = prepared.manifest
+    # validation = the first 3 raw records BEFORE the filter (record 1 is dropped from it), train = the rest.
+    assert m["counts"] == {"train": 6, "valid": 2, "test": 3}
+    assert m["dropped"] == {"train": 1, "valid": 1} and m["truncated"] == {"test": 1}
+    assert m["max_prompt_length"] == 256 and m["dev_num"] == 3
+    assert [e.output for e in prepared.split("valid")] == ["ans 0", "ans 2"]
+    assert [e.output for e in prepared.split("train")] == ["ans 3", "ans 4", "ans 5", "ans 7", "ans 8", "ans 9"]
+    assert all(len(e.prompt_ids) <= 256 for s in data.SPLITS for e in prepared.split(s))
+
+    tok = prepared.tokenizer
+    long_test = prepared.split("test")[1]
+    full_prompt_ids = tok.encode(long_test.prompt, add_special_tokens=False)
+    assert len(full_prompt_ids) > 256
+    assert long_test.prompt_ids == full_prompt_ids[:256]  # the FIRST 256 tokens survive
+    assert long_test.prompt.endswith("### Response:\n")  # the text is kept whole; only the ids are cut
+    joint = tok.encode(long_test.prompt + "two", add_special_tokens=False)
+    assert long_test.response_ids == joint[len(full_prompt_ids) :] + [tok.eos_token_id]
+
+
+def test_fields_and_both_conventions(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    rows = [json.loads(line) for line in (prepared.path / "train.jsonl").read_text().splitlines()]
+    assert set(rows[0]) == {"instruction", "input", "output", "category", "prompt", "prompt_ids", "response_ids"}
+    by_output = {r["output"]: r for r in rows}
+    assert by_output["ans 3"]["input"] == "ctx 3" and by_output["ans 3"]["category"] == "open_qa"  # context -> input
+    assert by_output["ans 4"]["category"] is None
+    assert by_output["ans 3"]["prompt"] == data.dolly_prompt("Question number 3?", "ctx 3")
+
+
+def test_manifest_hashes_every_file(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    files = prepared.manifest["files"]
+    assert {"train.jsonl", "valid.jsonl", "test.jsonl", "tokenizer/tokenizer.json"} <= set(files)
+    for rel, digest in files.items():
+        assert data.sha256_file(prepared.path / rel) == digest
+    assert prepared.manifest["inputs"]["raw"]["sha256"] == data.sha256_file(dolly_dir / "raw.jsonl")
+    assert prepared.manifest["format_version"] == data.FORMAT_VERSION
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-family tokenization: ids differ, no BOS even for OPT, EOS appended (ref §4.1, checklist §8)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_per_family_tokenization(dolly_dir, tokenizers, tmp_path):
+    gpt2 = _prepare(dolly_dir, tokenizers, tmp_path, "gpt2", "g")
+    opt = _prepare(dolly_dir, tokenizers, tmp_path, "opt", "o")
+    g, o = gpt2.split("train")[0], opt.split("train")[0]
+    assert g.prompt == o.prompt and g.prompt_ids != o.prompt_ids
+
+    otok = opt.tokenizer
+    assert otok.bos_token == otok.eos_token == "</s>" and otok.pad_token == "<pad>"
+    assert otok.encode(o.prompt)[0] == otok.bos_token_id  # the OPT tokenizer WOULD prepend </s> ...
+    for prepared in (gpt2, opt):
+        tok = prepared.tokenizer
+        for e in prepared.split("train") + prepared.split("test"):
+            assert tok.bos_token_id not in e.prompt_ids  # ... but MiniLLM never asks for it
+            assert e.response_ids[-1] == tok.eos_token_id == prepared.eos_token_id
+            assert tok.eos_token_id not in e.response_ids[:-1]
+            assert tok.decode(e.response_ids, skip_special_tokens=True) == e.output
+
+
+def test_saved_tokenizer_loads_offline(dolly_dir, tokenizers, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path, "opt")
+    tok = AutoTokenizer.from_pretrained(prepared.path / "tokenizer")
+    assert tok.padding_side == "left" and tok.pad_token_id != tok.eos_token_id
+    assert tok.get_vocab() == prepared.tokenizer.get_vocab()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad input: file + line in the message, and the target directory untouched
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "raw_text, expected",
+    [
+        (
+            '{"instruction": "a", "input": "", "output": "b"}\n\n{"instruction": "c", "input": "",\n',
+            ["raw.jsonl:3", "malformed JSON"],
+        ),
+        (
+            '{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "c", "input": ""}\n',
+            ["raw.jsonl:2", "missing", "'output' / 'response'"],
+        ),
+        ("", ["raw.jsonl", "empty file"]),
+    ],
+    ids=["malformed-json", "missing-field", "empty-file"],
+)
+def test_bad_input_names_file_and_line_and_leaves_target_untouched(dolly_dir, tokenizers, tmp_path, raw_text, expected):
+    good = _prepare(dolly_dir, tokenizers, tmp_path, name="target")
+    before = _snapshot(good.path)
+    (dolly_dir / "raw.jsonl").write_text(raw_text, encoding="utf-8")
+    with pytest.raises(data.DataError) as err:
+        data.prepare_dolly(str(dolly_dir), "gpt2", str(tokenizers["gpt2"]), good.path, dev_num=1)
+    assert isinstance(err.value, BenchmarkError)
+    for part in expected:
+        assert part in str(err.value)
+    assert _snapshot(good.path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dolly", "target"]  # no staging dir left behind
+
+
+def test_failed_first_run_creates_nothing(dolly_dir, tokenizers, tmp_path):
+    (dolly_dir / "valid.jsonl").write_text("not json\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"valid.jsonl:1"):
+        _prepare(dolly_dir, tokenizers, tmp_path, name="new")
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dolly"]
+
+
+def test_source_dir_without_test_file(dolly_dir, tokenizers, tmp_path):
+    (dolly_dir / "valid.jsonl").unlink()
+    with pytest.raises(data.DataError, match="valid.jsonl"):
+        _prepare(dolly_dir, tokenizers, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# load_prepared
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_load_prepared_errors(dolly_dir, tokenizers, tmp_path):
+    with pytest.raises(data.DataError, match="does not exist.*python -m benchmark data"):
+        data.load_prepared(tmp_path / "nowhere", "gpt2")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="not a prepared data dir"):
+        data.load_prepared(tmp_path / "empty")
+    opt = _prepare(dolly_dir, tokenizers, tmp_path, "opt", "o")
+    with pytest.raises(data.DataError) as err:
+        data.load_prepared(opt.path, "gpt2")
+    msg = str(err.value)
+    assert "was prepared for opt, this stage needs gpt2" in msg and "python -m benchmark data dolly" in msg
+    assert "--family gpt2" in msg
+    assert data.load_prepared(opt.path, "opt").family == "opt"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PT chunks (ref §4.2)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_pt_chunks_concatenate_documents_with_eos(tokenizers):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizers["opt"])
+    docs = ["The capital of Vicapen is Fatur.", "A pear is a kind of fruit.\nSome birds: owl, swan.", "On Monday."]
+    stream = [i for d in docs for i in tok.encode(d, add_special_tokens=False) + [tok.eos_token_id]]
+    chunks, n_docs = data.pt_chunks(tok, iter(docs), seq_len=8)
+    assert n_docs == 3 and chunks.dtype == np.int32
+    assert chunks.shape == (len(stream) // 8, 8)
+    assert chunks.reshape(-1).tolist() == stream[: chunks.size]  # the tail shorter than a chunk is dropped
+    assert tok.bos_token_id not in tok.encode(docs[0], add_special_tokens=False)
+    bounded, _ = data.pt_chunks(tok, iter(docs * 50), seq_len=8, max_chunks=5)
+    assert bounded.shape == (5, 8)
+
+
+def test_prepare_pt_into_prepared_dir_and_new_dir(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    assert prepared.pt_chunks() is None
+    text = tmp_path / "corpus.txt"
+    # MiniLLM's layout: one document per line, newlines written as <@x(x!> (ref §4.2); blank lines are skipped
+    text.write_text("First line<@x(x!>second line of doc one.\n\nDoc two is here.\n" * 20, encoding="utf-8")
+    updated = data.prepare_pt(str(text), "gpt2", prepared.path, seq_len=16, max_chunks=7)
+    chunks = updated.pt_chunks()
+    assert chunks.shape == (7, 16) and chunks.dtype == np.int32
+    tok = updated.tokenizer
+    first = tok.encode("First line\nsecond line of doc one.", add_special_tokens=False) + [tok.eos_token_id]
+    assert chunks.reshape(-1)[: len(first)].tolist() == first
+    pt = updated.manifest["pt"]
+    assert pt["seq_len"] == 16 and pt["n_chunks"] == 7 and pt["max_chunks"] == 7
+    assert updated.manifest["files"]["pt.npy"] == data.sha256_file(updated.path / "pt.npy")
+    assert updated.manifest["counts"] == prepared.manifest["counts"]  # the Dolly splits are kept
+
+    fresh = data.prepare_pt(str(text), "opt", tmp_path / "pt-only", tokenizer=str(tokenizers["opt"]), seq_len=16)
+    assert fresh.pt_chunks().shape[1] == 16 and fresh.family == "opt"
+    with pytest.raises(data.DataError, match="differs from the tokenizer"):
+        data.prepare_pt(str(text), "gpt2", prepared.path, tokenizer=str(tokenizers["opt"]), seq_len=16)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_dolly_and_pt(dolly_dir, tokenizers, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = _cli(
+        [
+            "data",
+            "dolly",
+            "--family",
+            "gpt2",
+            "--tokenizer",
+            str(tokenizers["gpt2"]),
+            "--source",
+            str(dolly_dir),
+            "--out",
+            str(out),
+            "--dev-num",
+            "3",
+        ]
+    )
+    assert rc == 0 and "train 6" in capsys.readouterr().out
+    (tmp_path / "c.txt").write_text("hello world, this is a document.\n" * 30, encoding="utf-8")
+    assert (
+        _cli(
+            [
+                "data",
+                "pt",
+                "--family",
+                "gpt2",
+                "--source",
+                str(tmp_path / "c.txt"),
+                "--out",
+                str(out),
+                "--seq-len",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert data.load_prepared(out, "gpt2").pt_chunks().shape[1] == 32
+    assert _cli(["data", "pt", "--family", "opt", "--source", str(tmp_path / "c.txt"), "--out", str(out)]) == 2
+    assert "prepared for gpt2" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""benchmark.results: the JSONL results store (schema 1).
+
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_results.py -q     # ~2 s
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmark import results
+from benchmark.config import EvalConfig
+
+
+def _record(metric="rouge_l", values=(24.0, 25.0, 26.0), seeds=(10, 20, 30), **kw):
+    model = {"path": "/m", "hub_id": None, "sha256": "ab" * 32}
+    return results.make_record(
+        metric=metric,
+        values=list(values),
+        seeds=None if seeds is None else list(seeds),
+        model=model,
+        n_examples=500,
+        settings=EvalConfig(),
+        **kw,
+    )
+
+
+def test_record_fields_and_statistics():
+    r = _record(entry="gpt2/1.5B>120M", scale="small", stage="abc", wall_time_s=1.5)
+    assert r["schema"] == results.SCHEMA_VERSION == 1
+    assert r["mean"] == pytest.approx(25.0) and r["std"] == pytest.approx(1.0)  # sample std, ddof=1
+    assert r["higher_is_better"] is True and r["metric_version"] == results.METRICS["rouge_l"]["version"]
+    assert r["settings"]["generation"]["no_repeat_ngram_size"] == 6 and r["settings"]["seeds"] == [10, 20, 30, 40, 50]
+    assert set(r["versions"]) == {"torch", "transformers", "rouge_score", "nltk", "benchmark"}
+    assert r["versions"]["rouge_score"] == "0.1.2"
+    assert r["created"].endswith("+00:00")
+    single = _record(metric="perplexity_gold", values=[12.5], seeds=None)
+    assert single["std"] == 0.0 and single["higher_is_better"] is False and single["seeds"] is None
+    with pytest.raises(results.ResultsError, match="unknown metric"):
+        _record(metric="rougeL")
+    with pytest.raises(results.ResultsError, match="2 values for 3 seeds"):
+        _record(values=[1.0, 2.0])
+
+
+def test_append_read_round_trip(tmp_path):
+    run = tmp_path / "run"
+    path = results.append(run, [_record(), _record(metric="perplexity_gold", values=[float("nan")], seeds=None)])
+    assert path == run / results.DEFAULT_NAME
+    results.append(path, [_record(metric="exact_match", values=[0.0, 0.0, 1.0], entry="opt/13B>1.3B")])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["schema"] == 1 for line in lines)
+    df = results.read(run)
+    assert list(df["metric"]) == ["rouge_l", "perplexity_gold", "exact_match"]
+    assert {"model.path", "model.hub_id", "model.sha256"} <= set(df.columns) and "model" not in df.columns
+    assert df["model.path"].iloc[0] == "/m" and list(df["values"].iloc[0]) == [24.0, 25.0, 26.0]
+    assert df["values"].iloc[1] == [None] and math.isnan(float(df["mean"].iloc[1]))  # NaN stored as null
+    assert df["entry"].iloc[2] == "opt/13B>1.3B"
+
+
+def test_read_empty_and_missing(tmp_path):
+    (tmp_path / "results.jsonl").write_text("")
+    df = results.read(tmp_path)
+    assert len(df) == 0 and "metric" in df.columns
+    with pytest.raises(results.ResultsError, match="no results file"):
+        results.read(tmp_path / "nowhere")
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = results.append(tmp_path / "r.jsonl", [_record()])
+    with open(path, "a") as fh:
+        fh.write('{"schema": 1, "metric": "rouge_l"\n')
+    with pytest.raises(results.ResultsError, match=r"r\.jsonl:2: malformed"):
+        results.read(path)
+    path.write_text(json.dumps(_record()) + "\n" + json.dumps([1, 2]) + "\n")
+    with pytest.raises(results.ResultsError, match=r":2: not a results record"):
+        results.read(path)
+
+
+def test_model_identity_hashes_weights(tiny_gpt2, tmp_path):
+    tiny_gpt2.save_pretrained(tmp_path / "a")
+    a = results.model_identity(tmp_path / "a")
+    assert a["path"] == str((tmp_path / "a").resolve()) and a["hub_id"] is None and len(a["sha256"]) == 64
+    (tmp_path / "a" / "notes.txt").write_text("not a weight file")
+    assert results.model_identity(tmp_path / "a")["sha256"] == a["sha256"]
+    tiny_gpt2.lm_head.weight.data.mul_(2.0)  # tied to the embedding
+    tiny_gpt2.save_pretrained(tmp_path / "b")
+    assert results.model_identity(tmp_path / "b")["sha256"] != a["sha256"]
+    hub = results.model_identity("MiniLLM/not-cached-here")  # offline, nothing cached
+    assert hub == {"path": None, "hub_id": "MiniLLM/not-cached-here", "sha256": None}

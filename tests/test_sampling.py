@@ -1,0 +1,296 @@
+"""benchmark.sampling: the one decode loop (ref §1.3 step 1) on tiny random models and fixed-logit stubs.
+
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_sampling.py -q     # ~10 s on one core
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config
+
+from benchmark.config import GenerationSettings
+from benchmark.sampling import example_generators, forward_logits, left_pad, position_ids, sample
+
+PROMPTS = [
+    "Below is an instruction.\n\n### Instruction:\nwhat is the cat?\n\n### Response:\n",
+    "list a dog",
+    "Explain knowledge distillation step by step to a small student model, with an answer.",
+    "why",
+]
+
+
+def _prompt_ids(tok) -> list[list[int]]:
+    return [tok.encode(p) for p in PROMPTS]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stub models: fixed logits, no network, vocabulary <= 16.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Stub:
+    """A causal-LM stand-in for `sample`: `fn(last_tokens [B], step)` -> logits [B, V]. `steps` counts forwards
+    (the prompt forward is step 0), so use a fresh stub per `sample` call when `fn` depends on the step."""
+
+    def __init__(self, vocab: int, fn):
+        self.config = GPT2Config(vocab_size=vocab, n_layer=1, n_embd=8, n_head=1, bos_token_id=0, eos_token_id=0)
+        self.fn, self.steps = fn, 0
+
+    def __call__(self, input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep):
+        assert use_cache and logits_to_keep == 1 and position_ids.shape == input_ids.shape
+        logits = self.fn(input_ids[:, -1], self.steps).float()
+        self.steps += 1
+        return SimpleNamespace(logits=logits[:, None, :], cache=cache)
+
+
+def _fixed(logits: torch.Tensor) -> Stub:
+    return Stub(logits.numel(), lambda last, step: logits.expand(last.shape[0], -1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Padding and positions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_left_pad_and_positions():
+    ids, mask = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 9]], pad_id=0, length=4)
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8], [1, 2, 3, 4]]  # longer keeps its FIRST tokens
+    assert mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]]
+    assert position_ids(mask).tolist() == [[0, 0, 1, 2], [0, 0, 0, 0], [0, 1, 2, 3]]
+    assert left_pad([[1, 2], [3]], pad_id=9)[0].tolist() == [[1, 2], [9, 3]]
+
+
+@pytest.mark.parametrize("family", ["tiny_gpt2", "tiny_opt"])
+def test_left_padded_logprobs_equal_unpadded(family, request, tiny_tokenizer):
+    model = request.getfixturevalue(family)
+    seqs = _prompt_ids(tiny_tokenizer)
+    ids, mask = left_pad(seqs, tiny_tokenizer.eos_token_id, length=max(map(len, seqs)) + 3)
+    batched = F.log_softmax(forward_logits(model, ids, mask), -1)
+    for i, s in enumerate(seqs):
+        alone = F.log_softmax(forward_logits(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)), -1)
+        torch.testing.assert_close(batched[i, -len(s) :], alone[0], atol=1e-5, rtol=1e-5)
+    last = forward_logits(model, ids, mask, logits_to_keep=1)
+    torch.testing.assert_close(last[:, 0], forward_logits(model, ids, mask)[:, -1], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stored log-probs, batching, seeds
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_stored_logprobs_equal_full_forward(tiny_gpt2, tiny_opt, tiny_tokenizer):
+    """Incremental decoding with two KV caches gives the log-probs of one full forward on the sampled sequence:
+    student log_softmax(logits / T) (ref §1.3 step 3), teacher raw log_softmax (step 2), top-k not applied."""
+    eos = tiny_tokenizer.eos_token_id
+    ids, mask = left_pad(_prompt_ids(tiny_tokenizer), eos)
+    settings = GenerationSettings(max_new_tokens=12, temperature=0.7, top_k=50)
+    out = sample(
+        tiny_gpt2,
+        ids,
+        mask,
+        settings,
+        eos_token_id=eos,
+        generators=example_generators(3, range(4)),
+        mix_model=tiny_opt,
+        mix_alpha=0.2,
+        return_logprobs=True,
+    )
+    full = torch.cat([ids, out.response_ids], 1)
+    full_mask = torch.cat([mask, torch.ones_like(out.response_ids)], 1)
+    P, T = ids.shape[1], settings.max_new_tokens
+    tgt = out.response_ids[..., None]
+    s = F.log_softmax(forward_logits(tiny_gpt2, full, full_mask)[:, P - 1 : P - 1 + T] / 0.7, -1).gather(-1, tgt)
+    t = F.log_softmax(forward_logits(tiny_opt, full, full_mask)[:, P - 1 : P - 1 + T], -1).gather(-1, tgt)
+    m = out.response_mask
+    assert out.student_logprobs.dtype == torch.float32
+    torch.testing.assert_close(out.student_logprobs, s[..., 0] * m, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.teacher_logprobs, t[..., 0] * m, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["tiny_gpt2", "tiny_opt"])
+def test_batched_equals_unbatched(family, request, tiny_tokenizer):
+    model, eos = request.getfixturevalue(family), tiny_tokenizer.eos_token_id
+    seqs = _prompt_ids(tiny_tokenizer)
+    settings = GenerationSettings(max_new_tokens=16, no_repeat_ngram_size=6)
+    ids, mask = left_pad(seqs, eos)
+    batch = sample(
+        model, ids, mask, settings, eos_token_id=eos, generators=example_generators(10, range(4)), return_logprobs=True
+    )
+    for i, s in enumerate(seqs):  # unpadded, alone
+        one = sample(
+            model,
+            torch.tensor([s]),
+            torch.ones(1, len(s), dtype=torch.long),
+            settings,
+            eos_token_id=eos,
+            generators=example_generators(10, [i]),
+            return_logprobs=True,
+        )
+        assert one.response_ids[0].tolist() == batch.response_ids[i].tolist()
+        torch.testing.assert_close(one.student_logprobs[0], batch.student_logprobs[i], atol=1e-5, rtol=1e-5)
+
+
+def test_seeds(tiny_gpt2, tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token_id
+    ids, mask = left_pad(_prompt_ids(tiny_tokenizer), eos)
+    settings = GenerationSettings(max_new_tokens=10)
+    run = lambda seed: (
+        sample(
+            tiny_gpt2, ids, mask, settings, eos_token_id=eos, generators=example_generators(seed, range(4))
+        ).response_ids
+    )
+    assert torch.equal(run(10), run(10))
+    assert not torch.equal(run(10), run(20))
+    # Streams differ per example id and per (seed, id) pair, not only per seed + id.
+    a, b = example_generators(10, [1])[0], example_generators(11, [0])[0]
+    assert torch.rand(4, generator=a).tolist() != torch.rand(4, generator=b).tolist()
+    with pytest.raises(ValueError, match="generators"):
+        sample(tiny_gpt2, ids, mask, settings, eos_token_id=eos, generators=example_generators(1, [0]))
+
+
+def test_greedy_matches_argmax_of_full_forward(tiny_gpt2, tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token_id
+    ids, mask = left_pad(_prompt_ids(tiny_tokenizer), eos)
+    out = sample(tiny_gpt2, ids, mask, GenerationSettings(max_new_tokens=8, do_sample=False), eos_token_id=eos)
+    full = torch.cat([ids, out.response_ids], 1)
+    logits = forward_logits(tiny_gpt2, full, torch.cat([mask, torch.ones_like(out.response_ids)], 1))
+    P = ids.shape[1]
+    expect = logits[:, P - 1 : P - 1 + 8].argmax(-1)
+    assert torch.equal(out.response_ids * out.response_mask.long(), expect * out.response_mask.long())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Teacher-mixed distribution (ref §1.3 step 1): probs = 0.8 q + 0.2 p
+# ----------------------------------------------------------------------------------------------------------------
+
+CHI2_CRIT_DF15_P001 = 37.697  # chi-square critical value, 15 degrees of freedom, p = 0.001
+
+
+def _chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_teacher_mixed_distribution():
+    V, N = 16, 20000
+    gen = torch.Generator().manual_seed(0)
+    q_logits, p_logits = torch.randn(V, generator=gen), 2.0 * torch.randn(V, generator=gen)
+    q, p = q_logits.softmax(-1), p_logits.softmax(-1)
+    student, teacher = _fixed(q_logits), _fixed(p_logits)
+    prompt = torch.zeros(N, 1, dtype=torch.long)
+    out = sample(
+        student,
+        prompt,
+        torch.ones_like(prompt),
+        GenerationSettings(max_new_tokens=1),
+        eos_token_id=V - 1,
+        generators=example_generators(123, range(N)),
+        mix_model=teacher,
+        mix_alpha=0.2,
+    )
+    counts = torch.bincount(out.response_ids[:, 0], minlength=V).double()
+    mixed = (0.8 * q + 0.2 * p).double()
+    assert _chi2(counts, mixed) < CHI2_CRIT_DF15_P001
+    assert _chi2(counts, q.double()) > CHI2_CRIT_DF15_P001  # the test can tell the mixture from pure q
+    # alpha = 0: pure student, even with a teacher attached
+    out0 = sample(
+        student,
+        prompt,
+        torch.ones_like(prompt),
+        GenerationSettings(max_new_tokens=1),
+        eos_token_id=V - 1,
+        generators=example_generators(123, range(N)),
+        mix_model=teacher,
+        mix_alpha=0.0,
+    )
+    assert _chi2(torch.bincount(out0.response_ids[:, 0], minlength=V).double(), q.double()) < CHI2_CRIT_DF15_P001
+
+
+def test_zero_probability_tokens_never_drawn():
+    logits = torch.full((16,), -float("inf"))
+    logits[[3, 7]] = 0.0
+    prompt = torch.zeros(4000, 1, dtype=torch.long)
+    out = sample(
+        _fixed(logits),
+        prompt,
+        torch.ones_like(prompt),
+        GenerationSettings(max_new_tokens=1),
+        eos_token_id=15,
+        generators=example_generators(0, range(4000)),
+    )
+    assert set(out.response_ids[:, 0].tolist()) == {3, 7}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mask convention, early stop, n-gram ban
+# ----------------------------------------------------------------------------------------------------------------
+
+EOS_STUB = 0
+
+
+def _scripted(scripts: list[list[int]], vocab: int = 16) -> Stub:
+    """Row r emits scripts[r][step] (then EOS) with probability ~1."""
+
+    def fn(last, step):
+        logits = torch.full((len(scripts), vocab), -30.0)
+        for r, s in enumerate(scripts):
+            logits[r, s[step] if step < len(s) else EOS_STUB] = 30.0
+        return logits
+
+    return Stub(vocab, fn)
+
+
+def test_mask_convention_and_early_stop():
+    stub = _scripted([[5, 6, EOS_STUB], [7, EOS_STUB], [1, 2, 3, 4]])
+    prompt = torch.tensor([[EOS_STUB, 3], [4, 5], [6, 7]])
+    out = sample(
+        stub,
+        prompt,
+        (prompt != EOS_STUB).long(),
+        GenerationSettings(max_new_tokens=10),
+        eos_token_id=EOS_STUB,
+        generators=example_generators(0, range(3)),
+        return_logprobs=True,
+    )
+    assert out.response_ids.shape == (3, 10)  # always max_new_tokens columns, even after the early stop
+    assert out.response_ids.tolist() == [[5, 6, 0] + [0] * 7, [7, 0] + [0] * 8, [1, 2, 3, 4, 0] + [0] * 5]
+    # ref §1.3 mask convention: the first EOS is inside, everything after it outside.
+    assert out.response_mask.tolist() == [[1.0] * 3 + [0.0] * 7, [1.0] * 2 + [0.0] * 8, [1.0] * 5 + [0.0] * 5]
+    assert out.response_mask.dtype == torch.float32 and out.lengths.tolist() == [3, 2, 5]
+    assert (out.student_logprobs[out.response_mask == 0] == 0).all()
+    assert (out.student_logprobs[out.response_mask == 1] > -1e-6).all()
+    assert stub.steps == 5  # stopped once every row had finished
+
+
+def _ngrams(seq: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_no_repeat_ngram_ban_is_effective(do_sample):
+    """A model rigged to loop 1 -> 2 -> 3 -> 1 never repeats a 6-gram of the full sequence (padded prompt included)
+    with no_repeat_ngram_size=6 (ref §5.1), and does without it."""
+    V = 16
+
+    def loop(last, step):
+        logits = torch.randn(last.shape[0], V, generator=torch.Generator().manual_seed(step))
+        logits[torch.arange(last.shape[0]), last % 3 + 1] = 12.0
+        return logits
+
+    prompt = torch.tensor([[EOS_STUB, EOS_STUB, 1, 2, 3], [4, 1, 2, 3, 1]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    banned = GenerationSettings(max_new_tokens=40, no_repeat_ngram_size=6, do_sample=do_sample)
+    out = sample(Stub(V, loop), prompt, mask, banned, eos_token_id=EOS_STUB, generators=example_generators(0, [0, 1]))
+    for row in range(2):
+        n = int(out.lengths[row])
+        full = prompt[row].tolist() + out.response_ids[row, :n].tolist()
+        grams = _ngrams(full, 6)
+        assert len(grams) == len(set(grams)), full
+    free = GenerationSettings(max_new_tokens=40, do_sample=do_sample)
+    out = sample(Stub(V, loop), prompt, mask, free, eos_token_id=EOS_STUB, generators=example_generators(0, [0, 1]))
+    grams = _ngrams(out.response_ids[0].tolist(), 6)
+    assert len(grams) > len(set(grams))

@@ -1,0 +1,227 @@
+"""The trainer end to end on tiny models (CPU, DeepSpeed in one process, gloo for two).
+
+Each test trains for seconds. Weights are compared through the DeepSpeed checkpoint of the final step (the
+uninterrupted state), not the selected model, so a comparison never depends on a validation tie.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark import registry
+from benchmark.config import MiniLLMConfig, SFTConfig, for_scale
+from benchmark.train import TrainError, free_port, train_minillm, train_sft
+
+pytestmark = pytest.mark.slow
+TINY = registry.scale("tiny")
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(tmp_path_factory):
+    """Prepared tiny GPT-2 data, an SFT teacher (the tiny 1.5B size) and an SFT student init (the tiny 120M)."""
+    from benchmark.synthetic import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("chain")
+    prepare_synthetic("tiny", "gpt2", root / "data")
+    sft = for_scale(SFTConfig, TINY.sft, total_steps=100, eval_interval=50, lr=1e-2)
+    train_sft(TINY.model("gpt2", "1.5B"), root / "data", root / "teacher", sft, progress=False)
+    student_sft = dataclasses.replace(sft, total_steps=20, eval_interval=20)
+    train_sft(TINY.model("gpt2", "120M"), root / "data", root / "student", student_sft, progress=False)
+    return root
+
+
+def _minillm(**kw) -> MiniLLMConfig:
+    return for_scale(MiniLLMConfig, TINY.minillm, **kw)
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(
+        out / "checkpoints" / latest / "state" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
+    return {k: v.float() for k, v in state["module"].items()}
+
+
+def _train_metrics(out: Path) -> list[dict]:
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+def _assert_same(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"max weight difference {worst:.3g} > {atol:g}"
+
+
+def test_sft_selects_by_validation_loss_and_learns(tiny_chain):
+    summary = json.loads((tiny_chain / "teacher" / "summary.json").read_text())
+    assert summary["kind"] == "sft" and summary["steps"] == 100
+    losses = [h["val_loss"] for h in summary["history"]]
+    assert summary["best"]["val_loss"] == min(losses)
+    vocab = json.loads((tiny_chain / "teacher" / "model" / "config.json").read_text())["vocab_size"]
+    # far below the uniform-distribution loss log(V): the teacher learned the data
+    assert summary["best"]["val_loss"] < 0.75 * float(torch.log(torch.tensor(vocab)))
+    assert (tiny_chain / "teacher" / "model" / "tokenizer.json").exists()
+
+
+def test_minillm_lowers_reverse_kl_to_the_teacher(tiny_chain, tmp_path):
+    cfg = _minillm(total_steps=16, eval_interval=8, lr=2e-3, checkpoint_interval=8)
+    train_minillm(
+        str(tiny_chain / "student" / "model"),
+        str(tiny_chain / "teacher" / "model"),
+        tiny_chain / "data",
+        tmp_path / "hop",
+        cfg,
+        progress=False,
+    )
+    summary = json.loads((tmp_path / "hop" / "summary.json").read_text())
+    history = summary["history"]
+    assert [h["step"] for h in history] == [0, 8, 16]
+    start, end = history[0]["val_rev_kl"], history[-1]["val_rev_kl"]
+    assert end < 0.8 * start, f"reverse KL on held-out prompts {start:.3f} -> {end:.3f}"
+    metrics = [json.loads(ln) for ln in (tmp_path / "hop" / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if m["kind"] == "train"]
+    assert len(train) == 16
+    for key in ("pg_loss", "reg_loss", "pt_loss", "reward", "mixed_lens", "lr", "tokens_per_s"):
+        assert all(key in m for m in train), key
+    assert train[0]["lr"] == 0.0  # constant_trm warmup: the first step runs at lr 0, as the reference
+    assert (tmp_path / "hop" / "model" / "model.safetensors").exists()
+
+
+def test_gradient_accumulation_invariance(tiny_chain, tmp_path):
+    """One micro-batch of 8 vs four of 2: the same global token-mean loss, so the same update."""
+    args = (str(tiny_chain / "student" / "model"), str(tiny_chain / "teacher" / "model"), tiny_chain / "data")
+    cfg = _minillm(total_steps=8, eval_interval=8, lr=2e-3)
+    train_minillm(*args, tmp_path / "one", cfg, progress=False)
+    train_minillm(*args, tmp_path / "four", dataclasses.replace(cfg, micro_batch_size=2), progress=False)
+    # The logged loss of a step is the sum of its micro-batch losses: equal only if each micro-batch is reduced
+    # by the token count of the whole mini-batch (a per-micro-batch mean or a missing 1/GA would show here).
+    one, four = _train_metrics(tmp_path / "one"), _train_metrics(tmp_path / "four")
+    for a, b in zip(one, four, strict=True):
+        for key in ("pg_loss", "reg_loss", "pt_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
+    # ... and the updates agree up to float summation order (Adam steps are ~lr = 2e-3 per weight)
+    _assert_same(_final_weights(tmp_path / "one"), _final_weights(tmp_path / "four"), atol=1e-4)
+
+
+def _train_cmd(tiny_chain: Path, out: Path, overrides: dict) -> list[str]:
+    return [
+        "-m",
+        "benchmark",
+        "train",
+        "minillm",
+        "--student",
+        str(tiny_chain / "student" / "model"),
+        "--teacher",
+        str(tiny_chain / "teacher" / "model"),
+        "--data",
+        str(tiny_chain / "data"),
+        "--out",
+        str(out),
+        "--scale",
+        "tiny",
+        "--quiet",
+        "--set",
+        json.dumps(overrides),
+    ]
+
+
+def test_world_size_invariance_two_gloo_processes(tiny_chain, tmp_path):
+    """torchrun with 2 CPU ranks (per-rank batch 4, rollouts split over ranks) == one process."""
+    overrides = {"total_steps": 8, "eval_interval": 8, "lr": 2e-3}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            *_train_cmd(tiny_chain, tmp_path / "two", overrides),
+        ],
+        check=True,
+        env=ENV,
+        timeout=300,
+    )
+    subprocess.run(
+        [sys.executable, *_train_cmd(tiny_chain, tmp_path / "one", overrides)], check=True, env=ENV, timeout=300
+    )
+    for a, b in zip(_train_metrics(tmp_path / "one"), _train_metrics(tmp_path / "two"), strict=True):
+        for key in ("pg_loss", "reg_loss", "pt_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
+    _assert_same(_final_weights(tmp_path / "one"), _final_weights(tmp_path / "two"), atol=1e-4)
+
+
+def test_resume_after_kill_gives_the_same_weights(tiny_chain, tmp_path):
+    overrides = {"total_steps": 24, "eval_interval": 8, "lr": 2e-3, "checkpoint_interval": 8}
+    subprocess.run(
+        [sys.executable, *_train_cmd(tiny_chain, tmp_path / "straight", overrides)], check=True, env=ENV, timeout=300
+    )
+    cmd = [sys.executable, *_train_cmd(tiny_chain, tmp_path / "killed", overrides)]
+    proc = subprocess.Popen(cmd, env=ENV, start_new_session=True)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-run: after the first checkpoint, before the end
+    proc.wait()
+    assert latest.exists() and not (tmp_path / "killed" / "summary.json").exists()
+    subprocess.run(cmd, check=True, env=ENV, timeout=300)
+    _assert_same(_final_weights(tmp_path / "straight"), _final_weights(tmp_path / "killed"), atol=0.0)
+    steps = [
+        json.loads(ln)["step"]
+        for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(ln)["kind"] == "train"
+    ]
+    assert steps == list(range(1, 25))  # metrics past the checkpoint were rewritten, not duplicated
+
+
+def test_errors_before_any_compute(tiny_chain, tmp_path):
+    from benchmark.synthetic import prepare_synthetic
+
+    # a data directory prepared for the other family
+    prepare_synthetic("tiny", "opt", tmp_path / "opt-data")
+    with pytest.raises(Exception, match="prepared for opt"):
+        train_minillm(
+            str(tiny_chain / "student" / "model"),
+            str(tiny_chain / "teacher" / "model"),
+            tmp_path / "opt-data",
+            tmp_path / "x",
+            _minillm(),
+            progress=False,
+        )
+    # teacher and student with different vocabularies
+    other = tmp_path / "other-vocab"
+    shutil.copytree(tiny_chain / "teacher" / "model", other)
+    config = json.loads((other / "config.json").read_text())
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    AutoModelForCausalLM.from_config(GPT2Config(**(config | {"vocab_size": config["vocab_size"] + 7}))).save_pretrained(
+        other
+    )
+    with pytest.raises(TrainError, match="vocabulary"):
+        train_minillm(
+            str(tiny_chain / "student" / "model"),
+            str(other),
+            tiny_chain / "data",
+            tmp_path / "y",
+            _minillm(),
+            progress=False,
+        )
+    with pytest.raises(TrainError, match="cannot load model"):
+        train_minillm(
+            str(tmp_path / "missing"), str(other), tiny_chain / "data", tmp_path / "z", _minillm(), progress=False
+        )
+    assert not (tmp_path / "y" / "summary.json").exists()
