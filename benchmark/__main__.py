@@ -112,7 +112,7 @@ def _verb_modules():
     return [importlib.import_module(f"benchmark.{name}") for name in VERB_MODULES]
 
 
-VERB_MODULES: list[str] = ["data", "train", "evaluate", "runner", "notebooks"]
+VERB_MODULES: list[str] = ["data", "train", "evaluate", "runner", "notebooks", "perf"]
 
 
 def main(argv: list[str] | None = None) -> int:

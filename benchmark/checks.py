@@ -265,8 +265,12 @@ class Claim:
         return tuple(dict.fromkeys(k for r in self.relations for k in r.entries))
 
     def evaluate(self, values: Mapping[str, float]) -> str:
-        """`pass`/`fail` on entry -> mean (ROUGE-L or perplexity); `not-comparable` if an entry is missing."""
-        if any(k not in values for k in self.entries):
+        """`pass`/`fail` on entry -> mean (ROUGE-L or perplexity); `not-comparable` if an entry is missing or a
+        relative gain is undefined (a base value of 0, e.g. ROUGE-L 0 at the `tiny` scale)."""
+        if any(k not in values or math.isnan(values[k]) for k in self.entries):
+            return "not-comparable"
+        bases = [b for r in self.relations if isinstance(r, RelativeGainBelow) for b in (r.big[1], r.small[1])]
+        if any(values[b] == 0 for b in bases):
             return "not-comparable"
         higher = HIGHER_IS_BETTER[self.metric]
         return "pass" if all(r.holds(values, higher) for r in self.relations) else "fail"

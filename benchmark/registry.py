@@ -413,18 +413,18 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 "gpt2": _built(
                     "gpt2",
                     {
-                        "1.5B": (3, 160, 5, 2e-3),
-                        "760M": (3, 112, 4, 3e-3),
-                        "340M": (2, 80, 4, 4e-3),
+                        "1.5B": (3, 160, 5, 3e-3),
+                        "760M": (3, 112, 4, 4e-3),
+                        "340M": (2, 80, 4, 5e-3),
                         "120M": (2, 40, 2, 6e-3),
                     },
                 ),
                 "opt": _built(
                     "opt",
                     {
-                        "13B": (3, 152, 4, 2e-3),
-                        "6.7B": (3, 104, 4, 3e-3),
-                        "2.7B": (2, 72, 4, 4e-3),
+                        "13B": (3, 152, 4, 3e-3),
+                        "6.7B": (3, 104, 4, 4e-3),
+                        "2.7B": (2, 72, 4, 5e-3),
                         "1.3B": (2, 40, 2, 6e-3),
                     },
                 ),
@@ -433,7 +433,9 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             synthetic_records={"train": 8000, "valid": 500, "test": 500, "pt": 2000},
             # Lengths: synthetic prompts (template included) are <= 128 tokens and responses < 48.
             sft=dict(
-                total_steps=1500,
+                total_steps=1000,
+                # a short warmup lets these from-scratch models take learning rates 2-3x the reference's 1e-3 range
+                warmup_steps=50,
                 batch_size=16,
                 eval_interval=250,
                 val_examples=200,
@@ -441,6 +443,8 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 max_prompt_length=128,
                 precision="fp32",
                 checkpoint_interval=250,
+                # off at this scale: 2-3 epochs from scratch are far from overfitting; dropout only slows learning
+                dropout=False,
             ),
             minillm=dict(
                 total_steps=64,
@@ -449,7 +453,7 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 lr=5e-4,
                 warmup_steps=8,
                 eval_interval=16,
-                val_examples=100,
+                val_examples=64,
                 max_prompt_length=128,
                 generation={"max_new_tokens": 48},
                 pt_seq_length=128,

@@ -280,14 +280,15 @@ def _execute_data(spec: dict, stage_dir: Path) -> None:
     if cfg["data"] == "synthetic":
         from benchmark.synthetic import prepare_synthetic
 
-        prepare_synthetic(cfg["scale"], spec["family"], out, seed=cfg["seed"])
+        prepare_synthetic(cfg["scale"], spec["family"], out, seed=cfg["seed"], pt_seq_len=cfg["pt_seq_length"],
+                          max_prompt_length=cfg["max_prompt_length"])
     else:
         from benchmark.data import prepare_dolly, prepare_pt
 
-        fam = registry.FAMILIES[spec["family"]]
-        tokenizer = fam.teacher_sft
-        prepare_dolly(out, spec["family"], tokenizer, source="hub", max_prompt_length=cfg["max_prompt_length"])
-        prepare_pt(out, spec["family"], tokenizer, source="hub", seq_len=cfg["pt_seq_length"])
+        # the family's SFT teacher carries the family tokenizer (GPT-2 and OPT ids differ)
+        tokenizer = registry.FAMILIES[spec["family"]].teacher_sft
+        prepare_dolly("hub", spec["family"], tokenizer, out, max_prompt_length=cfg["max_prompt_length"])
+        prepare_pt("hub", spec["family"], out, tokenizer=tokenizer, seq_len=cfg["pt_seq_length"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,12 +332,40 @@ def cmd_run(args) -> int:
     return 0
 
 
+def stage_report(plan: Plan, run_dir: Path) -> str:
+    """Markdown: each SFT model's validation perplexity and greedy ROUGE-L (the sizes of a family should be ordered,
+    teacher best) and each hop's validation reverse KL to its teacher before -> after (it should fall)."""
+    lines = ["## SFT models (validation split; selected checkpoint)", "",
+             "| family | size | role | parameters | val perplexity | greedy ROUGE-L |", "|---|---|---|---|---|---|"]
+    for s in plan.by_kind("sft"):
+        f = run_dir / "stages" / s.dirname / "summary.json"
+        if s.source or not f.exists():
+            continue
+        sel = json.loads(f.read_text()).get("selected", {})
+        lines.append(f"| {s.family} | {s.config['size']} | {s.config['role']} | {sel.get('parameters', 0):,} | "
+                     f"{sel.get('val_ppl', float('nan')):.3f} | {sel.get('val_rouge_l_greedy', float('nan')):.2f} |")
+    lines += ["", "## MiniLLM hops (validation reverse KL of the student to its teacher, nats per response)", "",
+              "| hop | before | after (selected step) | selected step | val ROUGE-L |", "|---|---|---|---|---|"]
+    for s in plan.by_kind("distill"):
+        f = run_dir / "stages" / s.dirname / "summary.json"
+        if s.source or not f.exists():
+            continue
+        summ = json.loads(f.read_text())
+        before, best = summ["history"][0], summ["best"]
+        lines.append(f"| {'>'.join(s.config['path'])} ({s.family}) | {before['val_rev_kl']:.3f} | "
+                     f"{best['val_rev_kl']:.3f} | {best['step']} | {best['val_rouge_l']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_reproduce(args) -> int:
     cmd_run(args)
     from benchmark.notebooks import run_notebooks
 
+    run_dir = Path(args.out or f"runs/{args.scale}")
     artefacts = [a for a in registry.ARTEFACTS if a in args.targets] or list(registry.ARTEFACTS)
-    out = run_notebooks(Path(args.out or f"runs/{args.scale}"), args.scale, artefacts=tuple(artefacts))
+    out = run_notebooks(run_dir, args.scale, artefacts=tuple(artefacts))
+    (out / "stages.md").write_text(f"# Stages of {run_dir} (scale {args.scale})\n\n" + stage_report(
+        _plan_from_args(args), run_dir))
     print(f"tables and figure: {out}")
     return 0
 

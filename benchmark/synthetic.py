@@ -619,8 +619,9 @@ _SPLIT_OFFSET = {"train": 1, "valid": 2, "test": 3, "pt": 4}
 
 
 def n_countries(n_train: int) -> int:
-    """World size for a train split: ~50 train records per country (8000 -> 160 countries, 640 facts + lists)."""
-    return max(20, min(400, n_train // 50))
+    """World size for a train split: ~200 train records per country (8000 -> 40 countries, 160 facts + lists),
+    so that each fact is seen often enough in the CPU budget for memorisation capacity, not exposure, to decide."""
+    return max(10, min(400, n_train // 200))
 
 
 def _allocate(n: int) -> list[str]:
@@ -747,7 +748,13 @@ def train_tokenizer(texts, family: str, out_dir, vocab_size: int = VOCAB_SIZE, m
     if family not in SPECIALS:
         raise ValueError(f"unknown family {family!r}; expected gpt2 or opt")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Every line starts with a space, so a word has one spelling wherever it stands: "Benkar" right after
+    # "### Response:\n" is the same tokens as " Benkar" inside the context. Models trained from scratch on a CPU
+    # budget cannot learn two spellings of every name (pretrained GPT-2/OPT can), and copying from the context is
+    # half of the tasks. Decoded responses gain one leading space, which postprocessing strips.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=True)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -746,6 +746,8 @@ def _finish(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: float, 
             "world_size": dist.world_size,
             "wall_time_s": wall,
         }
+        if "selected" in state:
+            summary["selected"] = state["selected"]
         _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return out / "model"
@@ -914,6 +916,16 @@ def train_sft(
         if state["step"] % cfg.checkpoint_interval == 0 or state["step"] == total:
             save_checkpoint(engine, out / "checkpoints", state["step"], state, dist)
     pbar.close()
+    # The selected model's validation perplexity and greedy ROUGE-L: the small scale is checked to order the four
+    # sizes of a family by both (README "Small scale").
+    from benchmark.config import GenerationSettings
+
+    selected = load_model(str(out / "model"), dist.device, torch.float32, dropout=False)
+    greedy = GenerationSettings(max_new_tokens=cfg.max_length - cfg.max_prompt_length, do_sample=False)
+    v = validate(selected, None, val, tokenizer=tok, eos_token_id=pad, max_prompt_length=cfg.max_prompt_length,
+                 settings=greedy, batch_size=max(micro, 32), seed=cfg.seed, dist=dist)
+    state["selected"] = {"val_loss": state["best"]["val_loss"], "val_ppl": math.exp(state["best"]["val_loss"]),
+                         "val_rouge_l_greedy": v["val_rouge_l"], "parameters": selected.num_parameters()}
     return _finish(
         out,
         state,

@@ -1,0 +1,127 @@
+"""The chain runner at `tiny` scale: a two-hop entry end to end, no-op reruns, kill + resume, lock, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark import results
+from benchmark.plan import build_plan
+from benchmark.runner import RunError, RunLock, run_plan
+
+pytestmark = pytest.mark.slow
+ENTRY = "gpt2/1.5B>760M>120M"
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _run_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out),
+                           *extra], capture_output=True, text=True, env=ENV, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    proc = _run_cli(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _values(run_dir: Path) -> dict[tuple[str, str], list]:
+    df = results.read(run_dir)
+    return {(r.entry, r.metric): list(r["values"]) for _, r in df.iterrows()}
+
+
+def test_two_hop_entry_end_to_end(finished_run):
+    stages = sorted(p.name.rsplit("-", 1)[0] for p in (finished_run / "stages").iterdir())
+    assert stages == ["data-gpt2-tiny", "distill-gpt2-1.5B_760M", "distill-gpt2-1.5B_760M_120M",
+                      "evaluate-gpt2-1.5B_760M_120M", "sft-gpt2-1.5B-teacher", "sft-gpt2-120M-init",
+                      "sft-gpt2-760M-init"]
+    assert all((p / "DONE.json").exists() for p in (finished_run / "stages").iterdir())
+    df = results.read(finished_run)
+    assert set(df["metric"]) == {"rouge_l", "exact_match", "perplexity_gold", "perplexity_gold_token",
+                                 "perplexity_samples"}
+    assert set(df["entry"]) == {ENTRY} and set(df["scale"]) == {"tiny"}
+    rouge = df[df.metric == "rouge_l"].iloc[0]
+    assert list(rouge["seeds"]) == [10, 20] and len(rouge["values"]) == 2
+    # the hop's teacher is the previous hop's selected model, by reference
+    hop = json.loads(next((finished_run / "stages").glob("distill-gpt2-1.5B_760M_120M-*/stage.json")).read_text())
+    assert hop["inputs"]["teacher"].endswith("/model") and "distill-gpt2-1.5B_760M-" in hop["inputs"]["teacher"]
+
+
+def test_second_run_does_nothing(finished_run):
+    before = {p: p.stat().st_mtime for p in (finished_run / "stages").glob("*/DONE.json")}
+    t0 = time.time()
+    proc = _run_cli(finished_run)
+    assert proc.returncode == 0
+    assert "totals: 7 done" in proc.stdout
+    assert {p: p.stat().st_mtime for p in (finished_run / "stages").glob("*/DONE.json")} == before
+    assert time.time() - t0 < 60
+
+
+def test_kill_mid_stage_then_rerun_gives_the_same_results(finished_run, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # wait until a training stage is half-way: it has a resumable checkpoint but is not done
+    deadline = time.time() + 300
+    mid = None
+    while mid is None and proc.poll() is None and time.time() < deadline:
+        for d in (out / "stages").glob("sft-*"):
+            if (d / "checkpoints" / "latest").exists() and not (d / "DONE.json").exists():
+                mid = d
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert mid is not None and not (mid / "DONE.json").exists()
+    rerun = _run_cli(out)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resume" in rerun.stdout  # the interrupted stage continued from its checkpoint
+    a, b = _values(finished_run), _values(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-9, nan_ok=True), key
+
+
+def test_lock_blocks_a_second_run_on_the_same_directory(tmp_path):
+    plan = build_plan([ENTRY], "tiny")
+    with RunLock(tmp_path):
+        with pytest.raises(RunError, match="in use by pid"):
+            run_plan(plan, tmp_path, progress=False)
+
+
+def test_failed_stage_names_itself_and_keeps_the_others(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "broken"
+    shutil.copytree(finished_run, out)
+    plan = build_plan([ENTRY], "tiny")
+    ev = plan.stages[plan.entries[ENTRY]]
+    # corrupt the student init the last hop needs, and forget the last hop and its evaluation
+    for s in plan.stages.values():
+        if s.kind == "distill" and len(s.config["path"]) == 3 or s.kind == "evaluate":
+            shutil.rmtree(out / "stages" / s.dirname)
+    init = next(s for s in plan.stages.values() if s.kind == "sft" and s.config["size"] == "120M")
+    (out / "stages" / init.dirname / "model" / "config.json").write_text("{not json")
+    with pytest.raises(RunError) as err:
+        run_plan(plan, out, progress=False)
+    msg = str(err.value)
+    assert "distill-gpt2-1.5B_760M_120M" in msg and "log.txt" in msg and "rerun" in msg
+    assert not (out / "stages" / ev.dirname / "DONE.json").exists()  # blocked, not run
+    done = [s for s in plan.stages.values() if (out / "stages" / s.dirname / "DONE.json").exists()]
+    assert len(done) == 5  # everything upstream is kept
+
+
+def test_paper_scale_without_gpu_stops_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "run", "table1", "--scale", "paper", "--out",
+                           str(tmp_path / "paper")], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 2
+    assert "paper scale cannot run here" in proc.stderr and "--scale small" in proc.stderr
+    assert not (tmp_path / "paper").exists()
