@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from benchmark import BenchmarkError
 from benchmark.config import EvalConfig
-from benchmark.sampling import example_generators, forward_logits, left_pad, sample
+from benchmark.sampling import example_generators, forward_logits, left_pad, sample, trim_left_padding
 
 __all__ = [
     "EvaluationError",
@@ -171,10 +171,13 @@ def _sample_ids(
     out: list[list[int]] = []
     batches = list(_batches(len(examples), cfg.batch_size))
     for idx in tqdm(batches, desc=f"seed {seed}", unit="batch", leave=False, disable=not progress):
-        # ref §5.1: prompts left-padded with EOS to exactly max_prompt_length (256); longer ones keep their first
-        # tokens (left_pad). Padding every batch to the same length keeps the n-gram ban, which sees the padded
-        # prompt as HF generate does, identical across batch sizes.
+        # ref §5.1: prompts left-padded with EOS to max_prompt_length (256); longer ones keep their first tokens
+        # (left_pad). The columns that are padding in every row are then dropped: the logits do not depend on the
+        # amount of padding (explicit position ids), and neither does the n-gram ban, which sees the padded prompt
+        # as HF generate does: a banned n-gram would have to consist of generated tokens and pads, and a row stops
+        # generating at its first EOS.
         ids, mask = left_pad([list(examples[i].prompt_ids) for i in idx], eos_token_id, cfg.max_prompt_length)
+        ids, mask = trim_left_padding(ids, mask)
         res = sample(
             model,
             ids.to(device),

@@ -311,12 +311,10 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
 def _phase(engine, teacher: _TimedTeacher, prompts, draw_ids, cfg, eos, dist, phase: int, pt_chunks, step0: int):
     """One MiniLLM phase exactly as `train_minillm`'s loop body (rollouts, then ppo_epochs x mini-batches with
     advantages, whitening, `_ppo_micro_loss`, DeepSpeed backward/step), minus logging, validation and checkpoints,
-    with a stopwatch around each part. Kept in step with benchmark/train.py::train_minillm by hand."""
-    from benchmark import losses
-    from benchmark.train import _gen, _ppo_micro_loss, collect_rollouts
+    with a stopwatch around each part; the optimizer step is the trainer's own `minillm_step`."""
+    from benchmark.train import _gen, collect_rollouts, minillm_step
 
     micro = engine.train_micro_batch_size_per_gpu()
-    gas = engine.gradient_accumulation_steps()
     t0 = time.perf_counter()
     engine.module.eval()
     buf, _ = collect_rollouts(engine.module, teacher, prompts, draw_ids, cfg, eos, dist, micro)
@@ -328,28 +326,9 @@ def _phase(engine, teacher: _TimedTeacher, prompts, draw_ids, cfg, eos, dist, ph
             t_step = time.perf_counter()
             teacher.seconds, teacher.on = 0.0, True
             mb = buf.take(perm[mb_start : mb_start + cfg.batch_size])
-            adv = losses.minillm_advantages(mb.rewards, mb.response_mask, cfg.gamma, cfg.length_normalization)
-            adv = losses.whiten(adv, mb.response_mask, include_padding=cfg.whiten_include_padding, distributed=False)
             n_tokens = mb.response_mask.sum().item()
-            pt_rows = None
-            if pt_chunks is not None:
-                g = step * cfg.batch_size
-                pt_rows = pt_chunks[torch.arange(g, g + cfg.batch_size) % len(pt_chunks)]
-            n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1) if pt_chunks is not None else 1.0
-            for k in range(gas):
-                sl = slice(k * micro, (k + 1) * micro)
-                loss, _ = _ppo_micro_loss(
-                    engine,
-                    teacher,
-                    mb.take(torch.arange(sl.start, sl.stop)),
-                    adv[sl],
-                    cfg,
-                    n_tokens,
-                    pt_rows[sl] if pt_rows is not None else None,
-                    n_pt,
-                )
-                engine.backward(loss, scale_wrt_gas=False)
-                engine.step()
+            n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1) if pt_chunks is not None else 0
+            minillm_step(engine, teacher, mb, cfg, step, pt_chunks, dist, Path("perf"))
             teacher.on = False
             sec = time.perf_counter() - t_step
             step += 1
@@ -359,7 +338,7 @@ def _phase(engine, teacher: _TimedTeacher, prompts, draw_ids, cfg, eos, dist, ph
                     "teacher_scoring_s": teacher.seconds,
                     "optimisation_s": sec - teacher.seconds,
                     "response_tokens": int(n_tokens),
-                    "pt_tokens": int(n_pt) if pt_chunks is not None else 0,
+                    "pt_tokens": int(n_pt),
                 }
             )
     phase_s = time.perf_counter() - t0

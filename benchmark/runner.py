@@ -112,6 +112,7 @@ def run_plan(
     cores = os.cpu_count() or 1
     jobs = jobs or (1 if gpus else cores)
     status = {sid: stage_status(s, run_dir) for sid, s in plan.stages.items()}
+    priority = _critical_path(plan)
     failed: dict[str, str] = {}
     with RunLock(run_dir):
         todo = [sid for sid, st in status.items() if st in ("run", "resume")]
@@ -134,6 +135,7 @@ def run_plan(
                     for sid in todo
                     if all(status[d] in ("done", "sourced") for d in plan.stages[sid].inputs.values())
                 ]
+                ready.sort(key=lambda sid: -priority[sid])  # longest remaining chain first
                 for sid in ready[: jobs - len(running)]:
                     todo.remove(sid)
                     stage = plan.stages[sid]
@@ -167,6 +169,25 @@ def run_plan(
             "from here:\n" + "\n\n".join(failed.values())
         )
     return status
+
+
+# Relative cost of a stage kind for scheduling (an SFT teacher trains the largest model of its family).
+_WEIGHT = {"data": 1.0, "sft": 2.0, "distill": 1.0, "evaluate": 1.0}
+
+
+def _critical_path(plan: Plan) -> dict[str, float]:
+    """Each stage's weight plus the heaviest chain of stages that depend on it: running the stages with the
+    longest remaining chain first keeps every worker busy to the end (e.g. both families' teachers start first)."""
+    children: dict[str, list[str]] = {sid: [] for sid in plan.stages}
+    for s in plan.stages.values():
+        for dep in s.inputs.values():
+            children[dep].append(s.id)
+    height: dict[str, float] = {}
+    for sid in reversed(list(plan.stages)):  # reverse topological order
+        s = plan.stages[sid]
+        own = _WEIGHT[s.kind] * (2.0 if s.kind == "sft" and s.config.get("role") == "teacher" else 1.0)
+        height[sid] = own + max((height[c] for c in children[sid]), default=0.0)
+    return height
 
 
 def _run_stage(stage: Stage, stage_dir: Path, gpus: int, threads: int) -> str | None:
@@ -280,8 +301,14 @@ def _execute_data(spec: dict, stage_dir: Path) -> None:
     if cfg["data"] == "synthetic":
         from benchmark.synthetic import prepare_synthetic
 
-        prepare_synthetic(cfg["scale"], spec["family"], out, seed=cfg["seed"], pt_seq_len=cfg["pt_seq_length"],
-                          max_prompt_length=cfg["max_prompt_length"])
+        prepare_synthetic(
+            cfg["scale"],
+            spec["family"],
+            out,
+            seed=cfg["seed"],
+            pt_seq_len=cfg["pt_seq_length"],
+            max_prompt_length=cfg["max_prompt_length"],
+        )
     else:
         from benchmark.data import prepare_dolly, prepare_pt
 
@@ -335,25 +362,38 @@ def cmd_run(args) -> int:
 def stage_report(plan: Plan, run_dir: Path) -> str:
     """Markdown: each SFT model's validation perplexity and greedy ROUGE-L (the sizes of a family should be ordered,
     teacher best) and each hop's validation reverse KL to its teacher before -> after (it should fall)."""
-    lines = ["## SFT models (validation split; selected checkpoint)", "",
-             "| family | size | role | parameters | val perplexity | greedy ROUGE-L |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## SFT models (validation split; selected checkpoint)",
+        "",
+        "| family | size | role | parameters | val perplexity | greedy ROUGE-L |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in plan.by_kind("sft"):
         f = run_dir / "stages" / s.dirname / "summary.json"
         if s.source or not f.exists():
             continue
         sel = json.loads(f.read_text()).get("selected", {})
-        lines.append(f"| {s.family} | {s.config['size']} | {s.config['role']} | {sel.get('parameters', 0):,} | "
-                     f"{sel.get('val_ppl', float('nan')):.3f} | {sel.get('val_rouge_l_greedy', float('nan')):.2f} |")
-    lines += ["", "## MiniLLM hops (validation reverse KL of the student to its teacher, nats per response)", "",
-              "| hop | before | after (selected step) | selected step | val ROUGE-L |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {s.family} | {s.config['size']} | {s.config['role']} | {sel.get('parameters', 0):,} | "
+            f"{sel.get('val_ppl', float('nan')):.3f} | {sel.get('val_rouge_l_greedy', float('nan')):.2f} |"
+        )
+    lines += [
+        "",
+        "## MiniLLM hops (validation reverse KL of the student to its teacher, nats per response)",
+        "",
+        "| hop | before | after (selected step) | selected step | val ROUGE-L |",
+        "|---|---|---|---|---|",
+    ]
     for s in plan.by_kind("distill"):
         f = run_dir / "stages" / s.dirname / "summary.json"
         if s.source or not f.exists():
             continue
         summ = json.loads(f.read_text())
         before, best = summ["history"][0], summ["best"]
-        lines.append(f"| {'>'.join(s.config['path'])} ({s.family}) | {before['val_rev_kl']:.3f} | "
-                     f"{best['val_rev_kl']:.3f} | {best['step']} | {best['val_rouge_l']:.2f} |")
+        lines.append(
+            f"| {'>'.join(s.config['path'])} ({s.family}) | {before['val_rev_kl']:.3f} | "
+            f"{best['val_rev_kl']:.3f} | {best['step']} | {best['val_rouge_l']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -364,8 +404,9 @@ def cmd_reproduce(args) -> int:
     run_dir = Path(args.out or f"runs/{args.scale}")
     artefacts = [a for a in registry.ARTEFACTS if a in args.targets] or list(registry.ARTEFACTS)
     out = run_notebooks(run_dir, args.scale, artefacts=tuple(artefacts))
-    (out / "stages.md").write_text(f"# Stages of {run_dir} (scale {args.scale})\n\n" + stage_report(
-        _plan_from_args(args), run_dir))
+    (out / "stages.md").write_text(
+        f"# Stages of {run_dir} (scale {args.scale})\n\n" + stage_report(_plan_from_args(args), run_dir)
+    )
     print(f"tables and figure: {out}")
     return 0
 

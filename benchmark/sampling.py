@@ -73,6 +73,16 @@ def left_pad(
     return ids, mask
 
 
+def trim_left_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the columns that are padding in every row. Prompts are stored left-padded to max_prompt_length, as the
+    reference pads them; with explicit position ids and the attention mask the logits do not depend on how much
+    padding there is (up to float summation order), so models never spend compute on all-padding columns."""
+    if not bool(mask.any()):
+        return ids, mask
+    first = int(mask.any(0).long().argmax())  # first column holding a real token in some row
+    return ids[:, first:], mask[:, first:]
+
+
 def forward_logits(model, input_ids, attention_mask, logits_to_keep: int | None = None) -> torch.Tensor:
     """One full forward (no cache) with explicit position ids -> logits [B, L or logits_to_keep, V].
 

@@ -315,8 +315,9 @@ def _response_batch(prompt_ids, prompt_mask, response_ids, response_mask):
 
 def _response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask):
     """Logits at the positions that predict each response token: [B, T, V]."""
-    from benchmark.sampling import forward_logits
+    from benchmark.sampling import forward_logits, trim_left_padding
 
+    prompt_ids, prompt_mask = trim_left_padding(prompt_ids, prompt_mask)
     ids, mask = _response_batch(prompt_ids, prompt_mask, response_ids, response_mask)
     T = response_ids.shape[1]
     logits = forward_logits(model, ids, mask, logits_to_keep=T + 1)
@@ -347,7 +348,7 @@ def validate(
     per-position KL(q||p) summed over each sampled response, averaged over prompts. Examples are sharded over
     ranks and gathered."""
     from benchmark.evaluate import postprocess, rouge_l
-    from benchmark.sampling import example_generators, left_pad, sample
+    from benchmark.sampling import example_generators, left_pad, sample, trim_left_padding
 
     was_training = model.training
     model.eval()
@@ -358,7 +359,11 @@ def validate(
         p_ids, p_mask = left_pad([examples[i].prompt_ids for i in chunk], eos_token_id, max_prompt_length)
         p_ids, p_mask = p_ids.to(dist.device), p_mask.to(dist.device)
         out = sample(
-            model, p_ids, p_mask, settings, eos_token_id=eos_token_id, generators=example_generators(seed, chunk)
+            model,
+            *trim_left_padding(p_ids, p_mask),
+            settings,
+            eos_token_id=eos_token_id,
+            generators=example_generators(seed, chunk),
         )
         texts = tokenizer.batch_decode(out.response_ids.cpu(), skip_special_tokens=True)
         for i, text in zip(chunk, texts):
@@ -437,7 +442,7 @@ def collect_rollouts(
     chunk_size: int,
 ) -> tuple[Buffer, dict]:
     """Teacher-mixed rollouts for this rank's prompts (ref sampler.py::run_sample, §1.3 steps 1-7)."""
-    from benchmark.sampling import example_generators, left_pad, sample
+    from benchmark.sampling import example_generators, left_pad, sample, trim_left_padding
 
     parts, stats = [], {"mixed_lens": [], "stu_lens": [], "rev_kl": []}
     for start in range(0, len(prompts), chunk_size):
@@ -445,17 +450,21 @@ def collect_rollouts(
         p_ids, p_mask = left_pad(batch, eos_token_id, cfg.max_prompt_length)
         p_ids, p_mask = p_ids.to(dist.device), p_mask.to(dist.device)
         # Each rollout's randomness comes from (seed, global draw index): independent of ranks and chunking.
+        # The teacher decodes beside the student when its log-probs are used: mixing, rewards (PG term) or the
+        # logging sample's rev_kl. The single-step-only ablation without mixing samples the student alone.
+        needs_teacher = cfg.teacher_mixed_alpha > 0 or cfg.policy_gradient or cfg.log_student_sample
         out = sample(
             student,
-            p_ids,
-            p_mask,
+            *trim_left_padding(p_ids, p_mask),
             cfg.generation,
             eos_token_id=eos_token_id,
             generators=example_generators(cfg.seed, ids),
-            mix_model=teacher,
+            mix_model=teacher if needs_teacher else None,
             mix_alpha=cfg.teacher_mixed_alpha,
             return_logprobs=True,
         )
+        if out.teacher_logprobs is None:  # unused by the losses in this configuration; keeps the buffer uniform
+            out.teacher_logprobs = out.student_logprobs
         mask = out.response_mask
         w = losses.importance_weights(out.student_logprobs, out.teacher_logprobs, cfg.teacher_mixed_alpha)
         r = losses.rewards(out.teacher_logprobs, out.student_logprobs, mask, cfg.reward_scaling, cfg.cliprange_reward)
@@ -465,8 +474,7 @@ def collect_rollouts(
             # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging
             stu = sample(
                 student,
-                p_ids,
-                p_mask,
+                *trim_left_padding(p_ids, p_mask),
                 cfg.generation,
                 eos_token_id=eos_token_id,
                 generators=example_generators(cfg.seed + 1, ids),
@@ -519,6 +527,45 @@ def _ppo_micro_loss(
     return loss, stats
 
 
+def minillm_step(engine, teacher, mb: Buffer, cfg: MiniLLMConfig, step: int, pt_chunks, dist: Dist, out: Path) -> dict:
+    """One optimizer step on a global mini-batch `mb` (every rank holds all of it): advantages, whitening, then
+    this rank's micro-batches through `_ppo_micro_loss` and DeepSpeed. Returns the step's losses (global sums of
+    the micro-batch token-mean shares, i.e. the global token means)."""
+    micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+    # Advantages of the whole global mini-batch: every rank holds it, so whitening statistics are the reference's
+    # all-rank statistics (ref utils.py) without depending on the world size.
+    adv = losses.minillm_advantages(mb.rewards, mb.response_mask, cfg.gamma, cfg.length_normalization)
+    adv = losses.whiten(adv, mb.response_mask, include_padding=cfg.whiten_include_padding, distributed=False)
+    n_tokens = mb.response_mask.sum().item()
+    pt_rows, n_pt = None, 1.0
+    if pt_chunks is not None:  # the PT batch of this step: as many 512-token chunks as rollouts (ref §1.3)
+        g = step * cfg.batch_size
+        pt_rows = pt_chunks[torch.arange(g, g + cfg.batch_size) % len(pt_chunks)].to(dist.device)
+        n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1)
+    first = dist.rank * micro * gas
+    stats: dict[str, float] = {}
+    for k in range(gas):
+        rows = torch.arange(first + k * micro, first + (k + 1) * micro)
+        loss, st = _ppo_micro_loss(
+            engine,
+            teacher,
+            mb.take(rows),
+            adv[rows],
+            cfg,
+            n_tokens,
+            pt_rows[rows] if pt_rows is not None else None,
+            n_pt,
+        )
+        _check_finite(loss, step, st, out)
+        # DeepSpeed averages gradients over ranks; the loss is already the rank's share of the global token mean,
+        # so undo the averaging and skip DeepSpeed's 1/GA scaling.
+        engine.backward(loss * dist.world_size, scale_wrt_gas=False)
+        engine.step()
+        for key, value in st.items():
+            stats[key] = stats.get(key, 0.0) + value
+    return {k: _all_reduce_sum(v, dist) for k, v in stats.items()}
+
+
 def train_minillm(
     student_path: str,
     teacher_path: str,
@@ -555,7 +602,7 @@ def train_minillm(
         pt_chunks = torch.from_numpy(pt_chunks[:, : cfg.pt_seq_length].astype(np.int64))
 
     ds = deepspeed_config(cfg, dist.world_size)
-    micro, gas = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    micro = ds["train_micro_batch_size_per_gpu"]
     opt = torch.optim.AdamW(
         student.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
     )  # ref trainer.py::setup_optimizer
@@ -618,42 +665,8 @@ def train_minillm(
                     break
                 t_step = time.time()
                 mb = buf.take(perm[mb_start : mb_start + cfg.batch_size])
-                # Advantages of the whole global mini-batch: every rank holds it, so whitening statistics are the
-                # reference's all-rank statistics (ref utils.py) without depending on the world size.
-                adv = losses.minillm_advantages(mb.rewards, mb.response_mask, cfg.gamma, cfg.length_normalization)
-                adv = losses.whiten(
-                    adv, mb.response_mask, include_padding=cfg.whiten_include_padding, distributed=False
-                )
-                n_tokens = mb.response_mask.sum().item()
-                mine_mb = slice(dist.rank * micro * gas, (dist.rank + 1) * micro * gas)
-                pt_rows = None
-                if pt_chunks is not None:
-                    g = state["step"] * cfg.batch_size
-                    rows = torch.arange(g, g + cfg.batch_size) % len(pt_chunks)
-                    pt_rows = pt_chunks[rows].to(dist.device)
-                n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1) if pt_chunks is not None else 1.0
-                step_stats: dict[str, float] = {}
                 lr = sched.get_last_lr()[0]  # the rate this optimizer step uses
-                for k in range(gas):
-                    sl = slice(mine_mb.start + k * micro, mine_mb.start + (k + 1) * micro)
-                    loss, st = _ppo_micro_loss(
-                        engine,
-                        teacher,
-                        mb.take(torch.arange(sl.start, sl.stop)),
-                        adv[sl],
-                        cfg,
-                        n_tokens,
-                        pt_rows[sl] if pt_rows is not None else None,
-                        n_pt,
-                    )
-                    _check_finite(loss, state["step"], st, out)
-                    # DeepSpeed averages gradients over ranks; the loss is already the rank's share of the
-                    # global token mean, so undo the averaging and skip DeepSpeed's 1/GA scaling.
-                    engine.backward(loss * dist.world_size, scale_wrt_gas=False)
-                    engine.step()
-                    for key, value in st.items():
-                        step_stats[key] = step_stats.get(key, 0.0) + value
-                step_stats = {k: _all_reduce_sum(v, dist) for k, v in step_stats.items()}
+                step_stats = minillm_step(engine, teacher, mb, cfg, state["step"], pt_chunks, dist, out)
                 state["step"] += 1
                 phase_tokens += int(mb.response_mask.sum().item())
                 valid = mb.response_mask.bool()
@@ -922,10 +935,24 @@ def train_sft(
 
     selected = load_model(str(out / "model"), dist.device, torch.float32, dropout=False)
     greedy = GenerationSettings(max_new_tokens=cfg.max_length - cfg.max_prompt_length, do_sample=False)
-    v = validate(selected, None, val, tokenizer=tok, eos_token_id=pad, max_prompt_length=cfg.max_prompt_length,
-                 settings=greedy, batch_size=max(micro, 32), seed=cfg.seed, dist=dist)
-    state["selected"] = {"val_loss": state["best"]["val_loss"], "val_ppl": math.exp(state["best"]["val_loss"]),
-                         "val_rouge_l_greedy": v["val_rouge_l"], "parameters": selected.num_parameters()}
+    v = validate(
+        selected,
+        None,
+        val,
+        tokenizer=tok,
+        eos_token_id=pad,
+        max_prompt_length=cfg.max_prompt_length,
+        settings=greedy,
+        batch_size=max(micro, 32),
+        seed=cfg.seed,
+        dist=dist,
+    )
+    state["selected"] = {
+        "val_loss": state["best"]["val_loss"],
+        "val_ppl": math.exp(state["best"]["val_loss"]),
+        "val_rouge_l_greedy": v["val_rouge_l"],
+        "parameters": selected.num_parameters(),
+    }
     return _finish(
         out,
         state,

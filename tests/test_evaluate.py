@@ -213,7 +213,9 @@ def test_eval_settings_reach_the_sampler(tiny_gpt2, tiny_tokenizer, monkeypatch)
             settings.temperature,
             settings.do_sample,
         ) == (6, 0, 1.0, 1.0, True)
-        assert ids.shape[1] == 32 and mask.shape == ids.shape
+        # left-padded to max_prompt_length (32) with EOS, minus the columns that are padding in every row: the
+        # longest prompt of the batch starts at column 0
+        assert ids.shape[1] <= 32 and mask.shape == ids.shape and bool(mask[:, 0].any())
         assert (ids[mask == 0] == tiny_tokenizer.eos_token_id).all()
         assert kw["eos_token_id"] == tiny_tokenizer.eos_token_id and len(kw["generators"]) == ids.shape[0]
         assert kw.get("mix_model") is None
