@@ -89,12 +89,13 @@ def merge_results(plan: Plan, run_dir: Path) -> Path:
         d = run_dir / "stages" / s.dirname
         if (d / DONE_FILE).exists():
             lines += [ln for ln in (d / "records.jsonl").read_text().splitlines() if ln.strip()]
-    # keep records of stages from other plans (e.g. a table run after another) already in the store
+    # Keep the records of entries outside this plan (e.g. Table 1 run after Table 2); an entry of this plan is
+    # represented only by its current evaluate stage, never by a stage whose config has since changed.
     store = run_dir / "results.jsonl"
-    mine = {s.id for s in plan.by_kind("evaluate")}
+    mine = {s.entry for s in plan.by_kind("evaluate")}
     if store.exists():
         lines = [
-            ln for ln in store.read_text().splitlines() if ln.strip() and json.loads(ln).get("stage") not in mine
+            ln for ln in store.read_text().splitlines() if ln.strip() and json.loads(ln).get("entry") not in mine
         ] + lines
     tmp = store.with_name(".results.jsonl.tmp")
     tmp.write_text("".join(ln + "\n" for ln in lines))

@@ -22,8 +22,13 @@ ENV = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_P
 
 
 def _run_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out),
-                           *extra], capture_output=True, text=True, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +46,24 @@ def _values(run_dir: Path) -> dict[tuple[str, str], list]:
 
 def test_two_hop_entry_end_to_end(finished_run):
     stages = sorted(p.name.rsplit("-", 1)[0] for p in (finished_run / "stages").iterdir())
-    assert stages == ["data-gpt2-tiny", "distill-gpt2-1.5B_760M", "distill-gpt2-1.5B_760M_120M",
-                      "evaluate-gpt2-1.5B_760M_120M", "sft-gpt2-1.5B-teacher", "sft-gpt2-120M-init",
-                      "sft-gpt2-760M-init"]
+    assert stages == [
+        "data-gpt2-tiny",
+        "distill-gpt2-1.5B_760M",
+        "distill-gpt2-1.5B_760M_120M",
+        "evaluate-gpt2-1.5B_760M_120M",
+        "sft-gpt2-1.5B-teacher",
+        "sft-gpt2-120M-init",
+        "sft-gpt2-760M-init",
+    ]
     assert all((p / "DONE.json").exists() for p in (finished_run / "stages").iterdir())
     df = results.read(finished_run)
-    assert set(df["metric"]) == {"rouge_l", "exact_match", "perplexity_gold", "perplexity_gold_token",
-                                 "perplexity_samples"}
+    assert set(df["metric"]) == {
+        "rouge_l",
+        "exact_match",
+        "perplexity_gold",
+        "perplexity_gold_token",
+        "perplexity_samples",
+    }
     assert set(df["entry"]) == {ENTRY} and set(df["scale"]) == {"tiny"}
     rouge = df[df.metric == "rouge_l"].iloc[0]
     assert list(rouge["seeds"]) == [10, 20] and len(rouge["values"]) == 2
@@ -68,8 +84,13 @@ def test_second_run_does_nothing(finished_run):
 
 def test_kill_mid_stage_then_rerun_gives_the_same_results(finished_run, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out)],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     # wait until a training stage is half-way: it has a resumable checkpoint but is not done
     deadline = time.time() + 300
     mid = None
@@ -120,8 +141,35 @@ def test_failed_stage_names_itself_and_keeps_the_others(finished_run, tmp_path):
 
 
 def test_paper_scale_without_gpu_stops_before_any_work(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmark", "run", "table1", "--scale", "paper", "--out",
-                           str(tmp_path / "paper")], capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark", "run", "table1", "--scale", "paper", "--out", str(tmp_path / "paper")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "paper scale cannot run here" in proc.stderr and "--scale small" in proc.stderr
     assert not (tmp_path / "paper").exists()
+
+
+@pytest.mark.parametrize("with_old", [True, False])
+def test_merge_keeps_other_entries_and_only_current_stages(tmp_path, with_old):
+    """The store holds, per entry of the plan, only its current evaluate stage's records; entries outside the
+    plan (another table run into the same directory) are kept."""
+    from benchmark.plan import DONE_FILE
+    from benchmark.runner import merge_results
+
+    plan = build_plan([ENTRY], "tiny")
+    ev = plan.stages[plan.entries[ENTRY]]
+    d = tmp_path / "stages" / ev.dirname
+    d.mkdir(parents=True)
+    (d / DONE_FILE).write_text("{}")
+    (d / "records.jsonl").write_text(json.dumps({"entry": ENTRY, "stage": ev.id, "metric": "rouge_l"}) + "\n")
+    old = [{"entry": "opt/13B", "stage": "other", "metric": "rouge_l"}]
+    if with_old:  # a record of this entry from a stage whose config has since changed
+        old.append({"entry": ENTRY, "stage": "superseded", "metric": "rouge_l"})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    merge_results(plan, tmp_path)
+    rows = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["entry"], r["stage"]) for r in rows) == [(ENTRY, ev.id), ("opt/13B", "other")]
