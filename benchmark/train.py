@@ -614,21 +614,8 @@ def train_minillm(
     log = MetricsLog(out / "metrics.jsonl", dist.is_main)
     state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "phase": 0, "best": None, "history": []}
     log.truncate_after(state["step"])
-    if state["step"] == 0 and not state["history"]:
-        v = validate(
-            engine.module,
-            teacher,
-            val,
-            tokenizer=tok,
-            eos_token_id=eos,
-            max_prompt_length=cfg.max_prompt_length,
-            settings=cfg.generation,
-            batch_size=micro,
-            seed=cfg.seed,
-            dist=dist,
-        )
-        state["history"].append({"step": 0, **v})
-        log.write(step=0, kind="validation", **v)
+    if state["step"] == 0 and not state["history"]:  # the init's validation: the "before" of the hop
+        _record_validation(engine, teacher, val, tok, eos, cfg, micro, dist, state, log)
 
     n_prompts = len(prompts)
     per_rank = cfg.rollouts_per_phase // dist.world_size
@@ -726,8 +713,7 @@ def _all_reduce_sum(x: float, dist: Dist) -> float:
     return t.item()
 
 
-def _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out) -> None:
-    """Validation and best-checkpoint selection by validation ROUGE-L (ref §1.5, paper B.1)."""
+def _record_validation(engine, teacher, val, tok, eos, cfg, micro, dist, state, log) -> dict:
     v = validate(
         engine.module,
         teacher,
@@ -742,6 +728,12 @@ def _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out) -
     )
     state["history"].append({"step": state["step"], **v})
     log.write(step=state["step"], kind="validation", **v)
+    return v
+
+
+def _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out) -> None:
+    """Validation and best-checkpoint selection by validation ROUGE-L (ref §1.5, paper B.1)."""
+    v = _record_validation(engine, teacher, val, tok, eos, cfg, micro, dist, state, log)
     if state["best"] is None or v["val_rouge_l"] > state["best"]["val_rouge_l"]:
         state["best"] = {"step": state["step"], **v}
         save_model(engine, tok, out / "model", dist, cfg.zero_stage)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_data_cli as _cli
 
 from benchmark import BenchmarkError, data
 from benchmark.synthetic import generate_records, train_tokenizer
@@ -31,20 +31,6 @@ GOLDEN_WITH_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\nWho leads Vicapen?\n\n### Input:\nSobin leads Vicapen.\n\n### Response:\n"
 )
-
-
-def _cli(argv: list[str]) -> int:
-    """`python -m benchmark data ...` with only this module's verbs (other verbs' imports stay out of the test)."""
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    data.add_cli(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 def test_dolly_prompt_matches_minillm_template():

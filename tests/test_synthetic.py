@@ -7,32 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import Counter
 
 import pytest
+from conftest import run_data_cli as _cli
 
-from benchmark import BenchmarkError, data, registry, synthetic
+from benchmark import data, registry, synthetic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY = registry.scale("tiny").synthetic_records
 SMALL = registry.scale("small").synthetic_records
-
-
-def _cli(argv: list[str]) -> int:
-    """`python -m benchmark data ...` with only this module's verbs (other verbs' imports stay out of the test)."""
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    data.add_cli(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 def test_records_are_deterministic_and_cover_every_category():
