@@ -124,6 +124,11 @@ class MiniLLMConfig:
     policy_gradient: bool = True  # PPO clipped surrogate; False = single-step term only (ablation)
     cliprange: float = 0.2  # --cliprange
     single_step: bool = True  # --single-step-reg: closed-form per-position KL(q||p), no importance weight
+    # Speed only (results equal up to float summation order): the single-step term's teacher logits of a rollout
+    # are computed on its first PPO epoch and reused by the others; the reference recomputes them every epoch
+    # (ref §1.3 "Single-step term": one teacher forward per micro-step per PPO epoch, no caching). Memory per rank:
+    # up to rollouts x max_new_tokens x vocab in the teacher's dtype (train.TeacherLogitsCache).
+    cache_teacher_logits: bool = True
     pt_coef: float = 1.0  # --lm-coef; 0 disables the PT batch (ablation)
     kd_ratio: float = 0.5  # --kd-ratio, the paper's "weight of the distillation loss": PT = 0.5 CE + 0.5 soft-CE
     pt_seq_length: int = 512  # PT chunks (ref §4.2)

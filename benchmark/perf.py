@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -222,11 +223,12 @@ class _NoEOS(torch.nn.Module):
 
 
 class _TimedTeacher:
-    """The teacher seen through a stopwatch: `seconds` accumulates forward time while `on` (CPU: synchronous)."""
+    """The teacher seen through a stopwatch: while `on` (CPU: synchronous), `seconds` accumulates forward time and
+    `rows` the sequences forwarded."""
 
     def __init__(self, model):
         self.model, self.config = model, model.config
-        self.on, self.seconds = False, 0.0
+        self.on, self.seconds, self.rows = False, 0.0, 0
 
     def __call__(self, *args, **kwargs):
         if not self.on:
@@ -234,6 +236,7 @@ class _TimedTeacher:
         t = time.perf_counter()
         out = self.model(*args, **kwargs)
         self.seconds += time.perf_counter() - t
+        self.rows += int(kwargs["input_ids"].shape[0])
         return out
 
 
@@ -312,13 +315,16 @@ def _phase(engine, teacher: _TimedTeacher, prompts, draw_ids, cfg, eos, dist, ph
     """One MiniLLM phase exactly as `train_minillm`'s loop body (rollouts, then ppo_epochs x mini-batches with
     advantages, whitening, `_ppo_micro_loss`, DeepSpeed backward/step), minus logging, validation and checkpoints,
     with a stopwatch around each part; the optimizer step is the trainer's own `minillm_step`."""
-    from benchmark.train import _gen, collect_rollouts, minillm_step
+    from benchmark.train import TeacherLogitsCache, _gen, collect_rollouts, gather_buffer, minillm_step
 
     micro = engine.train_micro_batch_size_per_gpu()
     t0 = time.perf_counter()
     engine.module.eval()
-    buf, _ = collect_rollouts(engine.module, teacher, prompts, draw_ids, cfg, eos, dist, micro)
+    local, _ = collect_rollouts(engine.module, teacher, prompts, draw_ids, cfg, eos, dist, micro)
+    buf = gather_buffer(local, dist)
     t_roll = time.perf_counter() - t0
+    cache = TeacherLogitsCache() if cfg.cache_teacher_logits else None
+    teacher.rows = 0
     steps, step = [], step0
     for ppo_epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(len(buf), generator=_gen(cfg.seed_ppo, phase, ppo_epoch))
@@ -328,7 +334,7 @@ def _phase(engine, teacher: _TimedTeacher, prompts, draw_ids, cfg, eos, dist, ph
             mb = buf.take(perm[mb_start : mb_start + cfg.batch_size])
             n_tokens = mb.response_mask.sum().item()
             n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1) if pt_chunks is not None else 0
-            minillm_step(engine, teacher, mb, cfg, step, pt_chunks, dist, Path("perf"))
+            minillm_step(engine, teacher, mb, cfg, step, pt_chunks, dist, Path("perf"), cache)
             teacher.on = False
             sec = time.perf_counter() - t_step
             step += 1
@@ -346,13 +352,16 @@ def _phase(engine, teacher: _TimedTeacher, prompts, draw_ids, cfg, eos, dist, ph
         "phase_s": phase_s,
         "rollout_s": t_roll,
         "teacher_scoring_s": sum(s["teacher_scoring_s"] for s in steps),
+        "teacher_rows": teacher.rows,
         "optimisation_s": sum(s["optimisation_s"] for s in steps),
         "generated_tokens": int(buf.response_mask.sum()),
         "steps": steps,
     }
 
 
-def worker_training(setup: dict, rnd: int, quick: bool) -> dict:
+def worker_training(setup: dict, rnd: int, quick: bool, cache: bool = True) -> dict:
+    """A MiniLLM phase of the scale's config; `cache=False` recomputes the teacher's logits every PPO epoch (the
+    reference's way, the "before" of the TeacherLogitsCache speed-up)."""
     import numpy as np
 
     from benchmark.config import deepspeed_config
@@ -360,6 +369,7 @@ def worker_training(setup: dict, rnd: int, quick: bool) -> dict:
     from benchmark.train import _engine, _gen, init_distributed, load_model
 
     _, cfg, _ = _configs(setup["scale"])
+    cfg = dataclasses.replace(cfg, cache_teacher_logits=cache)
     dist = init_distributed()
     torch.manual_seed(cfg.seed)
     student = load_model(setup["student"]["path"], dist.device, torch.float32, dropout=False)
@@ -403,6 +413,7 @@ def worker_training(setup: dict, rnd: int, quick: bool) -> dict:
         "single_step": cfg.single_step,
         "pt_coef": cfg.pt_coef,
         "pt_seq_length": cfg.pt_seq_length if pt_chunks is not None else None,
+        "cache_teacher_logits": cfg.cache_teacher_logits,
         "precision": "fp32 (CPU)",
     }
     return res
@@ -620,6 +631,7 @@ def worker_evaluation(setup: dict, rnd: int, quick: bool, mode: str) -> dict:
 WORKERS = {
     "rollouts": worker_rollouts,
     "training": worker_training,
+    "training_recompute": lambda s, r, q: worker_training(s, r, q, cache=False),
     "trl": worker_trl,
     "ours_rkl": worker_ours_rkl,
     "evaluation_batched": lambda s, r, q: worker_evaluation(s, r, q, "batched"),
@@ -756,6 +768,26 @@ def _agg_training(rounds: list[dict]) -> dict:
             "peak_rss_mb": stat(r["memory"]["peak_rss_mb"] for r in rounds),
             "peak_delta_mb": stat(r["memory"]["peak_delta_mb"] for r in rounds),
         },
+    }
+
+
+def _agg_speedups(raw: dict) -> dict:
+    """Before/after of each speed-up, both sides measured in the same rounds (paired, alternating order)."""
+    after, before = raw["training"], raw["training_recompute"]
+    return {
+        "teacher_logits_cache": {
+            "what": "train.TeacherLogitsCache: the single-step term's teacher logits computed on a rollout's first "
+            "PPO epoch and reused by the others (before: recomputed every epoch, as the reference does)",
+            "before_phase_s": stat(r["phase_s"] for r in before),
+            "after_phase_s": stat(r["phase_s"] for r in after),
+            "before_teacher_scoring_s": stat(r["teacher_scoring_s"] for r in before),
+            "after_teacher_scoring_s": stat(r["teacher_scoring_s"] for r in after),
+            "phase_speedup": stat(b["phase_s"] / a["phase_s"] for a, b in zip(after, before, strict=True)),
+            "before_teacher_rows": before[0]["teacher_rows"],
+            "after_teacher_rows": after[0]["teacher_rows"],
+            "after_peak_delta_mb": stat(r["memory"]["peak_delta_mb"] for r in after),
+            "before_peak_delta_mb": stat(r["memory"]["peak_delta_mb"] for r in before),
+        }
     }
 
 
@@ -904,7 +936,8 @@ def run_perf(
             if "rollouts" in only:
                 jobs.append(["rollouts"])
             if "training" in only:
-                jobs.append(["training"])
+                pair = ["training", "training_recompute"]
+                jobs.append(pair if rnd % 2 == 0 else pair[::-1])
             if "trl" in only and have_trl:
                 jobs.append(["trl", "ours_rkl"] if rnd % 2 == 0 else ["ours_rkl", "trl"])
             if "evaluation" in only:
@@ -937,6 +970,7 @@ def run_perf(
         not_run = "not run (--only)"
         report["rollouts"] = _agg_rollouts(raw["rollouts"], setup) if raw["rollouts"] else {"status": not_run}
         report["training"] = _agg_training(raw["training"]) if raw["training"] else {"status": not_run}
+        report["speedups"] = _agg_speedups(raw) if raw["training"] else {"status": not_run}
         if raw["trl"]:
             report["trl"] = _agg_trl(raw["trl"], raw["ours_rkl"], setup, quick)
         elif "trl" in only:
@@ -1069,6 +1103,30 @@ def render_markdown(r: dict) -> str:
         )
     else:
         row("training", "-", tr["status"])
+    sp = r.get("speedups", {"status": "not run"})
+    if "teacher_logits_cache" in sp:
+        c = sp["teacher_logits_cache"]
+        row(
+            "speed-up",
+            "teacher-logits cache: phase s before / after",
+            f"{_f(c['before_phase_s'])} / {_f(c['after_phase_s'])}",
+            "same rounds, alternating order; before = recompute every PPO epoch (the reference)",
+        )
+        row(
+            "speed-up",
+            "teacher-logits cache: teacher scoring s before / after",
+            f"{_f(c['before_teacher_scoring_s'])} / {_f(c['after_teacher_scoring_s'])}",
+            "",
+        )
+        row("speed-up", "teacher-logits cache: phase speed-up", _f(c["phase_speedup"], "{:.2f}x"), "paired per round")
+        row(
+            "speed-up",
+            "teacher-logits cache: peak delta MB before / after",
+            f"{_f(c['before_peak_delta_mb'], '{:.0f}')} / {_f(c['after_peak_delta_mb'], '{:.0f}')}",
+            "",
+        )
+    else:
+        row("speed-up", "-", sp["status"])
     t = r["trl"]
     if t["status"] == "measured":
         st = t["settings"]

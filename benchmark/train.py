@@ -403,6 +403,7 @@ class Buffer:
     old_logprobs: torch.Tensor  # log q at sampling time
     weights: torch.Tensor  # importance weights w
     rewards: torch.Tensor  # scaled, clipped per-token rewards
+    row: torch.Tensor  # [N] position in the gathered phase buffer (the key of TeacherLogitsCache)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -414,20 +415,60 @@ class Buffer:
         return Buffer(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
-def _gather_buffer(local: Buffer, dist: Dist) -> Buffer:
+def gather_buffer(local: Buffer, dist: Dist) -> Buffer:
+    """The phase's global buffer on every rank, in phase order, its rows numbered 0..N-1."""
     if dist.world_size == 1:
-        return local
-    parts: list = [None] * dist.world_size
-    torch.distributed.all_gather_object(parts, local.to("cpu"))
-    # Rank r rolled out prompts r, r+W, r+2W, ... of the phase: interleave back into phase order.
-    n = sum(len(p) for p in parts)
-    order = torch.empty(n, dtype=torch.long)
-    for r in range(dist.world_size):
-        order[torch.arange(r, n, dist.world_size)] = torch.arange(
-            sum(len(p) for p in parts[:r]), sum(len(p) for p in parts[: r + 1])
-        )
-    cat = Buffer(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Buffer)))
-    return cat.take(order).to(dist.device)
+        buf = local
+    else:
+        parts: list = [None] * dist.world_size
+        torch.distributed.all_gather_object(parts, local.to("cpu"))
+        # Rank r rolled out prompts r, r+W, r+2W, ... of the phase: interleave back into phase order.
+        n = sum(len(p) for p in parts)
+        order = torch.empty(n, dtype=torch.long)
+        for r in range(dist.world_size):
+            order[torch.arange(r, n, dist.world_size)] = torch.arange(
+                sum(len(p) for p in parts[:r]), sum(len(p) for p in parts[: r + 1])
+            )
+        cat = Buffer(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Buffer)))
+        buf = cat.take(order).to(dist.device)
+    return dataclasses.replace(buf, row=torch.arange(len(buf), device=buf.row.device))
+
+
+class TeacherLogitsCache:
+    """The teacher's response logits of one phase's rollouts, computed on first use and reused by later PPO epochs.
+
+    The single-step term needs the teacher's full distribution at every response position. The reference runs one
+    teacher forward per micro-step in every PPO epoch (ref §1.3 "Single-step term": no caching), i.e. ppo_epochs
+    forwards of the same frozen, dropout-free teacher on the same rollout. Here a row's logits are computed the
+    first time a micro-batch needs them (in a full forward, exactly as without the cache) and kept until the phase
+    ends; only the batch a row is computed in differs, so results equal the uncached run up to float summation
+    order (tests/test_train.py::test_teacher_logits_cache_matches_recompute). Memory: at most rows x T x V in the
+    teacher's dtype per rank (GPT-2 at paper scale: 256 x 256 x 50257 x 2 B = 6.6 GB); set
+    `cache_teacher_logits=False` where that does not fit.
+
+    `lockstep`: the teacher is a ZeRO-3 engine sharded over the ranks, whose forward is collective; a rank then
+    runs the teacher whenever any rank does (recomputing its own rows if it needs none), never alone.
+    """
+
+    def __init__(self, lockstep: bool = False):
+        self.rows: dict[int, torch.Tensor] = {}
+        self.lockstep = lockstep
+
+    @torch.no_grad()
+    def logits(self, teacher, mb: Buffer) -> torch.Tensor:
+        keys = mb.row.tolist()
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        if self.lockstep:
+            flag = torch.tensor([float(bool(missing))], device=mb.row.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() > 0 and not missing:
+                missing = list(range(len(keys)))
+        if missing:
+            sub = mb.take(torch.tensor(missing, device=mb.row.device))
+            fresh = _response_logits(teacher, sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask)
+            for i, lg in zip(missing, fresh):
+                self.rows[keys[i]] = lg
+        return torch.stack([self.rows[k] for k in keys])
 
 
 @torch.no_grad()
@@ -468,7 +509,8 @@ def collect_rollouts(
         mask = out.response_mask
         w = losses.importance_weights(out.student_logprobs, out.teacher_logprobs, cfg.teacher_mixed_alpha)
         r = losses.rewards(out.teacher_logprobs, out.student_logprobs, mask, cfg.reward_scaling, cfg.cliprange_reward)
-        parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, out.student_logprobs, w * mask + (1 - mask), r))
+        row = torch.zeros(len(batch), dtype=torch.long, device=dist.device)  # numbered after the gather
+        parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, out.student_logprobs, w * mask + (1 - mask), r, row))
         stats["mixed_lens"].append(out.lengths.float())
         if cfg.log_student_sample:
             # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging
@@ -497,6 +539,7 @@ def _ppo_micro_loss(
     n_tokens: float,
     pt_batch: torch.Tensor | None,
     n_pt_tokens: float,
+    teacher_cache: TeacherLogitsCache | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch, scaled so that the sum over micro-batches and ranks is the global token mean."""
     s_logits = _response_logits(engine, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
@@ -508,8 +551,11 @@ def _ppo_micro_loss(
             logprobs, mb.old_logprobs, mb.weights, advantages, mb.response_mask, cfg.cliprange, num_tokens=n_tokens
         )
         loss, stats["pg_loss"] = loss + pg, pg.item()
-    with torch.no_grad():
-        t_logits = _response_logits(teacher, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    if teacher_cache is not None:
+        t_logits = teacher_cache.logits(teacher, mb)
+    else:
+        with torch.no_grad():
+            t_logits = _response_logits(teacher, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
     reg = losses.single_step_kl(s_logits, t_logits.float(), mb.response_mask, num_tokens=n_tokens)
     stats["reg_loss"] = reg.item()
     if cfg.single_step:
@@ -527,10 +573,21 @@ def _ppo_micro_loss(
     return loss, stats
 
 
-def minillm_step(engine, teacher, mb: Buffer, cfg: MiniLLMConfig, step: int, pt_chunks, dist: Dist, out: Path) -> dict:
+def minillm_step(
+    engine,
+    teacher,
+    mb: Buffer,
+    cfg: MiniLLMConfig,
+    step: int,
+    pt_chunks,
+    dist: Dist,
+    out: Path,
+    teacher_cache: TeacherLogitsCache | None = None,
+) -> dict:
     """One optimizer step on a global mini-batch `mb` (every rank holds all of it): advantages, whitening, then
     this rank's micro-batches through `_ppo_micro_loss` and DeepSpeed. Returns the step's losses (global sums of
-    the micro-batch token-mean shares, i.e. the global token means)."""
+    the micro-batch token-mean shares, i.e. the global token means). `teacher_cache`: the phase's
+    TeacherLogitsCache (None recomputes the teacher's logits, as the reference does)."""
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     # Advantages of the whole global mini-batch: every rank holds it, so whitening statistics are the reference's
     # all-rank statistics (ref utils.py) without depending on the world size.
@@ -555,6 +612,7 @@ def minillm_step(engine, teacher, mb: Buffer, cfg: MiniLLMConfig, step: int, pt_
             n_tokens,
             pt_rows[rows] if pt_rows is not None else None,
             n_pt,
+            teacher_cache,
         )
         _check_finite(loss, step, st, out)
         # DeepSpeed averages gradients over ranks; the loss is already the rank's share of the global token mean,
@@ -641,8 +699,13 @@ def train_minillm(
         prompt_batch = [prompts[order[d // n_prompts][d % n_prompts]] for d in mine]
         engine.module.eval()
         local, roll_stats = collect_rollouts(engine.module, teacher, prompt_batch, mine, cfg, eos, dist, micro)
-        buf = _gather_buffer(local, dist)
+        buf = gather_buffer(local, dist)
         t_roll = time.time() - t0
+        cache = (
+            TeacherLogitsCache(lockstep=cfg.zero_stage == 3 and dist.world_size > 1)
+            if cfg.cache_teacher_logits
+            else None
+        )
 
         phase_tokens = 0
         for ppo_epoch in range(cfg.ppo_epochs):
@@ -653,7 +716,7 @@ def train_minillm(
                 t_step = time.time()
                 mb = buf.take(perm[mb_start : mb_start + cfg.batch_size])
                 lr = sched.get_last_lr()[0]  # the rate this optimizer step uses
-                step_stats = minillm_step(engine, teacher, mb, cfg, state["step"], pt_chunks, dist, out)
+                step_stats = minillm_step(engine, teacher, mb, cfg, state["step"], pt_chunks, dist, out, cache)
                 state["step"] += 1
                 phase_tokens += int(mb.response_mask.sum().item())
                 valid = mb.response_mask.bool()

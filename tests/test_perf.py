@@ -80,6 +80,21 @@ def test_training_split_adds_up(report):
     )
 
 
+def test_teacher_logits_cache_before_after(report):
+    """The cache's before/after comes from the same round; the teacher forwards each rollout once per phase
+    instead of once per PPO epoch (a count, not a timing)."""
+    r = report[0]
+    c, cfg = r["speedups"]["teacher_logits_cache"], r["training"]["settings"]
+    assert _positive(c["before_phase_s"]) and _positive(c["after_phase_s"]) and _positive(c["phase_speedup"])
+    assert c["phase_speedup"]["values"][0] == pytest.approx(
+        c["before_phase_s"]["values"][0] / c["after_phase_s"]["values"][0]
+    )
+    pt_rows = cfg["steps_per_phase"] * cfg["batch_size"] if cfg["pt_coef"] > 0 else 0
+    assert c["after_teacher_rows"] == cfg["rollouts_per_phase"] + pt_rows
+    assert c["before_teacher_rows"] == cfg["ppo_epochs"] * cfg["rollouts_per_phase"] + pt_rows
+    assert "teacher-logits cache: phase speed-up" in report[1]
+
+
 def test_trl_side_by_side(report):
     t = report[0]["trl"]
     if not perf._has("trl"):

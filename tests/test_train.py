@@ -116,6 +116,50 @@ def test_gradient_accumulation_invariance(tiny_chain, tmp_path):
     _assert_same(_final_weights(tmp_path / "one"), _final_weights(tmp_path / "four"), atol=1e-4)
 
 
+def test_teacher_logits_cache_computes_each_rollout_once(tiny_gpt2):
+    """Two mini-batches sharing rows: the teacher sees each rollout once and the cache returns exactly the logits
+    a fresh forward gives (rows computed in another batch: equal up to float order)."""
+    from benchmark.train import Buffer, TeacherLogitsCache, _response_logits
+
+    g = torch.Generator().manual_seed(0)
+    V, N = tiny_gpt2.config.vocab_size, 6
+    p_mask = torch.ones(N, 5, dtype=torch.long)
+    p_mask[0, :3] = p_mask[3, :2] = 0  # left padding of different widths
+    r_mask = torch.ones(N, 4)
+    r_mask[1, 2:] = 0
+    z = torch.zeros(N, 4)
+    buf = Buffer(torch.randint(1, V, (N, 5), generator=g), p_mask, torch.randint(1, V, (N, 4), generator=g),
+                 r_mask, z, z, z, torch.arange(N))  # fmt: skip
+    seen = []
+    hook = tiny_gpt2.register_forward_pre_hook(
+        lambda m, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    cache = TeacherLogitsCache()
+    first = cache.logits(tiny_gpt2, buf.take(torch.tensor([0, 1, 2, 3])))
+    second = cache.logits(tiny_gpt2, buf.take(torch.tensor([4, 2, 5, 0])))
+    hook.remove()
+    assert seen == [4, 2]  # rows 2 and 0 come from the cache
+    with torch.no_grad():
+        fresh = _response_logits(tiny_gpt2, buf.prompt_ids, buf.prompt_mask, buf.response_ids, buf.response_mask)
+    torch.testing.assert_close(first, fresh[[0, 1, 2, 3]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, fresh[[4, 2, 5, 0]], rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_logits_cache_matches_recompute(tiny_chain, tmp_path):
+    """Caching the single-step term's teacher logits across PPO epochs changes nothing but float summation order:
+    the same per-step losses and the same weights as the reference's recomputation every epoch."""
+    args = (str(tiny_chain / "student" / "model"), str(tiny_chain / "teacher" / "model"), tiny_chain / "data")
+    cfg = _minillm(total_steps=8, eval_interval=8, lr=2e-3, micro_batch_size=2)
+    assert cfg.ppo_epochs > 1 and cfg.cache_teacher_logits
+    train_minillm(*args, tmp_path / "cached", cfg, progress=False)
+    train_minillm(*args, tmp_path / "recomputed", dataclasses.replace(cfg, cache_teacher_logits=False), progress=False)
+    cached, recomputed = _train_metrics(tmp_path / "cached"), _train_metrics(tmp_path / "recomputed")
+    for a, b in zip(cached, recomputed, strict=True):
+        for key in ("pg_loss", "reg_loss", "pt_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
+    _assert_same(_final_weights(tmp_path / "cached"), _final_weights(tmp_path / "recomputed"), atol=1e-4)
+
+
 def _train_cmd(tiny_chain: Path, out: Path, overrides: dict) -> list[str]:
     return [
         "-m",
