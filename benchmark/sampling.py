@@ -172,6 +172,11 @@ class _Incremental:
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
         self.logits = self._step(tokens[:, None])
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every row not in `rows` (KV cache, mask, last logits): finished sequences stop costing compute."""
+        self.cache.batch_select_indices(rows)
+        self.mask, self.logits = self.mask[rows], self.logits[rows]
+
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.LongTensor:
     """Per row, the first token whose cumulative probability exceeds u * total (never a zero-probability token)."""
@@ -223,7 +228,12 @@ def sample(
     mask_out = torch.zeros((B, T), dtype=torch.float32, device=device)
     s_lp = torch.zeros((B, T), dtype=torch.float32, device=device) if return_logprobs else None
     t_lp = torch.zeros((B, T), dtype=torch.float32, device=device) if return_logprobs and teacher else None
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    # The models decode only the live rows: `rows[i]` is the batch row of decoding row i. Finished rows are dropped
+    # (KV caches included) once they are a quarter of the decoding batch, so a long straggler does not keep the
+    # whole batch running; their outputs are already final (EOS filling, mask 0). Each row's logits do not depend on
+    # its companions (explicit masks and position ids), so this changes nothing beyond float summation order.
+    rows = torch.arange(B, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # finished, per decoding row
 
     for t in range(T):
         s_logits = student.logits
@@ -231,23 +241,30 @@ def sample(
         if teacher is not None and mix_alpha > 0:
             probs = (1 - mix_alpha) * probs + mix_alpha * F.softmax(procs(seq, teacher.logits.clone()), dim=-1)
         if settings.do_sample:
-            tok = _inverse_cdf(probs, uniforms[:, t])
+            tok = _inverse_cdf(probs, uniforms[rows, t])
         else:
             tok = probs.argmax(-1)
-        tok = torch.where(finished, torch.full_like(tok, eos_token_id), tok)
-        live = ~finished
-        tokens_out[:, t] = tok
-        mask_out[:, t] = live.float()
+        tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
+        live = ~done
+        tokens_out[rows, t] = tok
+        mask_out[rows, t] = live.float()
         if return_logprobs:
             lq = F.log_softmax(s_logits / settings.temperature, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
-            s_lp[:, t] = torch.where(live, lq, 0.0)
+            s_lp[rows, t] = torch.where(live, lq, 0.0)
             if t_lp is not None:
                 lp = F.log_softmax(teacher.logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
-                t_lp[:, t] = torch.where(live, lp, 0.0)
-        finished = finished | (tok == eos_token_id)
-        if bool(finished.all()) or t == T - 1:
+                t_lp[rows, t] = torch.where(live, lp, 0.0)
+        done = done | (tok == eos_token_id)
+        n_done = int(done.sum())
+        if n_done == len(rows) or t == T - 1:
             break
         seq = torch.cat([seq, tok[:, None]], dim=1)
+        if 4 * n_done >= len(rows):
+            keep = (~done).nonzero().squeeze(-1)
+            rows, done, seq, tok = rows[keep], done[keep], seq[keep], tok[keep]
+            student.keep(keep)
+            if teacher is not None:
+                teacher.keep(keep)
         student.advance(tok)
         if teacher is not None:
             teacher.advance(tok)

@@ -134,6 +134,46 @@ def test_batched_equals_unbatched(family, request, tiny_tokenizer):
         torch.testing.assert_close(one.student_logprobs[0], batch.student_logprobs[i], atol=1e-5, rtol=1e-5)
 
 
+def test_finished_rows_leave_the_batch(tiny_gpt2, tiny_opt, tiny_tokenizer):
+    """Rows that stop early are dropped from the decoding batch, KV caches included; every row's tokens and both
+    log-probs equal that row decoded alone (teacher-mixed, so the teacher's cache is compacted too)."""
+    eos = tiny_tokenizer.eos_token_id
+
+    def likelier_eos(module, args, kwargs, out):  # random tiny models rarely stop; make EOS common
+        out.logits[..., eos] += 3.0
+        return out
+
+    rows_seen = []
+
+    def count_rows(module, args, kwargs):
+        rows_seen.append(kwargs["input_ids"].shape[0])
+
+    hooks = [
+        tiny_gpt2.register_forward_hook(likelier_eos, with_kwargs=True),
+        tiny_gpt2.register_forward_pre_hook(count_rows, with_kwargs=True),
+    ]
+    seqs = _prompt_ids(tiny_tokenizer) * 2
+    settings = GenerationSettings(max_new_tokens=24)
+    kw = dict(settings=settings, eos_token_id=eos, mix_model=tiny_opt, mix_alpha=0.2, return_logprobs=True)
+    try:
+        batch = sample(tiny_gpt2, *left_pad(seqs, eos), generators=example_generators(5, range(8)), **kw)
+        decoding_rows = list(rows_seen)
+        for i, s in enumerate(seqs):
+            one = sample(
+                tiny_gpt2, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long),
+                generators=example_generators(5, [i]), **kw,
+            )  # fmt: skip
+            assert one.response_ids[0].tolist() == batch.response_ids[i].tolist(), i
+            torch.testing.assert_close(one.student_logprobs[0], batch.student_logprobs[i], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(one.teacher_logprobs[0], batch.teacher_logprobs[i], atol=1e-5, rtol=1e-5)
+    finally:
+        for h in hooks:
+            h.remove()
+    lengths = batch.lengths.tolist()
+    assert len(set(lengths)) > 2 and max(lengths) > min(lengths), lengths  # rows really finished at different times
+    assert decoding_rows[0] == 8 and min(decoding_rows) < 8, decoding_rows  # ... and left the decoding batch
+
+
 def test_seeds(tiny_gpt2, tiny_tokenizer):
     eos = tiny_tokenizer.eos_token_id
     ids, mask = left_pad(_prompt_ids(tiny_tokenizer), eos)
@@ -232,21 +272,23 @@ def test_zero_probability_tokens_never_drawn():
 EOS_STUB = 0
 
 
-def _scripted(scripts: list[list[int]], vocab: int = 16) -> Stub:
-    """Row r emits scripts[r][step] (then EOS) with probability ~1."""
+def _scripted(next_token: dict[int, int], vocab: int = 16) -> Stub:
+    """Emits next_token[last token] (EOS for any other token) with probability ~1: a row's script follows from its
+    own tokens, so it survives `sample` dropping finished rows from the batch."""
 
     def fn(last, step):
-        logits = torch.full((len(scripts), vocab), -30.0)
-        for r, s in enumerate(scripts):
-            logits[r, s[step] if step < len(s) else EOS_STUB] = 30.0
+        logits = torch.full((len(last), vocab), -30.0)
+        for r, tok in enumerate(last.tolist()):
+            logits[r, next_token.get(tok, EOS_STUB)] = 30.0
         return logits
 
     return Stub(vocab, fn)
 
 
 def test_mask_convention_and_early_stop():
-    stub = _scripted([[5, 6, EOS_STUB], [7, EOS_STUB], [1, 2, 3, 4]])
-    prompt = torch.tensor([[EOS_STUB, 3], [4, 5], [6, 7]])
+    # rows: 3 -> 5 6 EOS | 8 -> 7 EOS | 9 -> 1 2 4 10 EOS (the middle row finishes first and leaves the batch)
+    stub = _scripted({3: 5, 5: 6, 8: 7, 9: 1, 1: 2, 2: 4, 4: 10})
+    prompt = torch.tensor([[EOS_STUB, 3], [4, 8], [6, 9]])
     out = sample(
         stub,
         prompt,
@@ -257,7 +299,7 @@ def test_mask_convention_and_early_stop():
         return_logprobs=True,
     )
     assert out.response_ids.shape == (3, 10)  # always max_new_tokens columns, even after the early stop
-    assert out.response_ids.tolist() == [[5, 6, 0] + [0] * 7, [7, 0] + [0] * 8, [1, 2, 3, 4, 0] + [0] * 5]
+    assert out.response_ids.tolist() == [[5, 6, 0] + [0] * 7, [7, 0] + [0] * 8, [1, 2, 4, 10, 0] + [0] * 5]
     # ref §1.3 mask convention: the first EOS is inside, everything after it outside.
     assert out.response_mask.tolist() == [[1.0] * 3 + [0.0] * 7, [1.0] * 2 + [0.0] * 8, [1.0] * 5 + [0.0] * 5]
     assert out.response_mask.dtype == torch.float32 and out.lengths.tolist() == [3, 2, 5]
