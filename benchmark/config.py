@@ -62,6 +62,10 @@ class SFTConfig:
     warmup_steps: int = 0  # ref §2.4: no warmup
     epochs: int = 10  # ref §2.4 (teacher/large); total_steps overrides when set
     total_steps: int | None = None
+    # Models built from scratch (small/tiny scales) first learn the language: this many LM steps (all tokens) on
+    # the prepared PT chunks, the stand-in for the pretraining GPT-2/OPT had before MiniLLM fine-tuned them. The LR
+    # schedule spans both parts; validation and selection start with SFT. 0 at paper scale (pretrained models).
+    pretrain_steps: int = 0
     batch_size: int = 32  # global: per-GPU batch x DP x grad-acc (ref §2.4)
     micro_batch_size: int | None = None  # per GPU; None = batch_size / world size (no gradient accumulation)
     weight_decay: float = 0.01
@@ -86,6 +90,7 @@ class SFTConfig:
         _check(self.lr > 0 and 0 <= self.lr_min <= self.lr, f"need 0 <= lr_min <= lr, got {self.lr_min}, {self.lr}")
         _check(self.batch_size > 0 and self.epochs > 0, "batch_size and epochs must be positive")
         _check(self.total_steps is None or self.total_steps > 0, "total_steps must be positive")
+        _check(self.pretrain_steps >= 0, "pretrain_steps must be >= 0")
         _check(self.select_by in ("val_loss", "rouge_l"), f"select_by must be val_loss or rouge_l: {self.select_by}")
         _check(self.max_prompt_length < self.max_length, "max_prompt_length must be < max_length")
         _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0-3")

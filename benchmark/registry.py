@@ -438,11 +438,16 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             synthetic_records={"train": 8000, "valid": 500, "test": 500, "pt": 2000},
             # Lengths: synthetic prompts (template included) are <= 128 tokens and responses < 48.
             sft=dict(
-                total_steps=1000,
+                # The models are built from scratch, so they first learn the language as GPT-2/OPT did: 200 LM
+                # steps on the synthetic PT corpus (the world's encyclopedia), then 800 SFT steps. Without it
+                # (1000 SFT steps) greedy validation ROUGE-L stayed at 5-12 for every size and did not order the
+                # sizes; with it the GPT-2 sizes reach 62 / 57 / 52 / 38 (README "Small scale").
+                pretrain_steps=200,
+                total_steps=800,
                 # a short warmup lets these from-scratch models take learning rates 2-3x the reference's 1e-3 range
                 warmup_steps=50,
                 batch_size=16,
-                eval_interval=250,
+                eval_interval=200,
                 val_examples=200,
                 max_length=176,
                 max_prompt_length=128,
@@ -462,14 +467,12 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 val_examples=64,
                 max_prompt_length=128,
                 generation={"max_new_tokens": 48},
+                # the PT loss (pt_coef 1, kd_ratio 0.5) is on, as in the reference: the models were pretrained on
+                # this PT corpus (sft.pretrain_steps), so it keeps their language modelling as it does for GPT-2
                 pt_seq_length=128,
                 precision="fp32",
                 checkpoint_interval=16,
                 log_student_sample=False,
-                # No PT loss: in MiniLLM it keeps a *pretrained* model's language modelling (ref §4.2). These models
-                # were never trained on the PT text, so its loss (~8 nats, 10x the single-step term) dominated the
-                # update and the validation reverse KL to the teacher rose in most hops of the first smoke run.
-                pt_coef=0.0,
             ),
             evaluation=dict(max_prompt_length=128, generation={"max_new_tokens": 48}, batch_size=50, precision="fp32"),
             why="CPU budget: `nox -s smoke` must run all 16 entries (8 SFT, 14 hops, 16 evaluations) in <= 30 min "

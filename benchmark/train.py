@@ -865,7 +865,8 @@ def train_sft(
     model: str | registry.ModelSpec, data_dir: str | Path, out_dir: str | Path, cfg: SFTConfig, *, progress: bool = True
 ) -> Path:
     """Fine-tune a base model (hub id, directory, or a small/tiny ModelSpec built here) on the prepared Dolly
-    train split; returns OUT/model, the checkpoint with the best validation loss (or ROUGE-L for a teacher)."""
+    train split; returns OUT/model, the checkpoint with the best validation loss (or ROUGE-L for a teacher).
+    A model built here from scratch first takes `cfg.pretrain_steps` LM steps on the prepared PT chunks."""
     from benchmark.data import load_prepared
     from benchmark.sampling import forward_logits
 
@@ -890,8 +891,18 @@ def train_sft(
     train = data.split("train")
     val = data.split("valid")[: cfg.val_examples]
     steps_per_epoch = len(train) // cfg.batch_size
-    total = cfg.total_steps or cfg.epochs * steps_per_epoch
+    n_pre = cfg.pretrain_steps
+    total = n_pre + (cfg.total_steps or cfg.epochs * steps_per_epoch)
     eval_interval = cfg.eval_interval or steps_per_epoch
+    pt = None
+    if n_pre:
+        chunks = data.pt_chunks()
+        if chunks is None or len(chunks) < cfg.batch_size:
+            raise TrainError(
+                f"pretrain_steps={n_pre} needs PT chunks (at least one batch of {cfg.batch_size}) in {data.path}: "
+                "prepare them (`python -m benchmark data synthetic ...` writes pt.npy) or set pretrain_steps=0"
+            )
+        pt = torch.from_numpy(chunks[:, : cfg.max_length].astype(np.int64))
 
     # ref §2.4: AdamW, weight decay 0.01 except the no-decay names; cosine to lr_min, no warmup
     decay = [p for n, p in net.named_parameters() if not any(nd in n for nd in cfg.no_decay)]
@@ -926,11 +937,16 @@ def train_sft(
     t_start = time.time()
     while state["step"] < total:
         step = state["step"]
-        epoch, k = divmod(step, steps_per_epoch)
-        perm = torch.randperm(len(train), generator=_gen(cfg.seed, epoch))
-        rows = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
-        batch = [train[i] for i in rows]
-        ids, mask, labels = _sft_batch(batch, cfg.max_length, pad, dist.device)
+        if step < n_pre:  # language-model steps on PT chunks: every token is a target
+            epoch, k = divmod(step, len(pt) // cfg.batch_size)
+            perm = torch.randperm(len(pt), generator=_gen(cfg.seed, 1_000_000 + epoch))
+            ids = pt[perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]].to(dist.device)
+            mask, labels = torch.ones_like(ids), ids[:, 1:]
+        else:
+            epoch, k = divmod(step - n_pre, steps_per_epoch)
+            perm = torch.randperm(len(train), generator=_gen(cfg.seed, epoch))
+            rows = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
+            ids, mask, labels = _sft_batch([train[i] for i in rows], cfg.max_length, pad, dist.device)
         n_tokens = int((labels != -100).sum())
         t0 = time.time()
         loss_sum, lr = 0.0, sched.get_last_lr()[0]
@@ -946,13 +962,14 @@ def train_sft(
         state["step"] += 1
         log.write(
             step=state["step"],
-            kind="train",
+            kind="train" if step >= n_pre else "pretrain",
             loss=_all_reduce_sum(loss_sum, dist),
             lr=lr,
             tokens_per_s=float(mask.sum()) / max(time.time() - t0, 1e-9),
         )
         pbar.update(1)
-        if state["step"] % eval_interval == 0 or state["step"] == total:
+        sft_steps = state["step"] - n_pre
+        if sft_steps > 0 and (sft_steps % eval_interval == 0 or state["step"] == total):
             v = {"val_loss": _val_loss(engine.module, val, cfg, pad, dist, micro)}
             if cfg.select_by == "rouge_l":
                 from benchmark.config import GenerationSettings

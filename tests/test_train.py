@@ -76,6 +76,29 @@ def test_sft_selects_by_validation_loss_and_learns(tiny_chain):
     assert (tiny_chain / "teacher" / "model" / "tokenizer.json").exists()
 
 
+def test_sft_pretrain_steps_come_first_and_learn_the_pt_text(tiny_chain, tmp_path):
+    """pretrain_steps: LM steps on the PT chunks before SFT (models built from scratch get the pretraining real
+    GPT-2/OPT had); validation and selection start with SFT; the step count spans both parts."""
+    sft = for_scale(SFTConfig, TINY.sft, total_steps=20, eval_interval=10, lr=1e-2, pretrain_steps=30)
+    train_sft(TINY.model("gpt2", "120M"), tiny_chain / "data", tmp_path / "pre", sft, progress=False)
+    rows = [json.loads(ln) for ln in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    pre = [r for r in rows if r["kind"] == "pretrain"]
+    assert [r["step"] for r in pre] == list(range(1, 31))
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(31, 51))
+    assert [r["step"] for r in rows if r["kind"] == "validation"] == [40, 50]
+    first, last = sum(r["loss"] for r in pre[:5]) / 5, sum(r["loss"] for r in pre[-5:]) / 5
+    assert last < 0.7 * first, f"PT loss {first:.2f} -> {last:.2f}"
+    summary = json.loads((tmp_path / "pre" / "summary.json").read_text())
+    assert summary["steps"] == 50 and summary["best"]["step"] in (40, 50)
+    # without PT chunks: a clear error before any step
+    bare = tmp_path / "no-pt"
+    shutil.copytree(tiny_chain / "data", bare)
+    (bare / "pt.npy").unlink()
+    with pytest.raises(TrainError, match="needs PT chunks"):
+        train_sft(TINY.model("gpt2", "120M"), bare, tmp_path / "x", sft, progress=False)
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
+
+
 def test_minillm_lowers_reverse_kl_to_the_teacher(tiny_chain, tmp_path):
     cfg = _minillm(total_steps=16, eval_interval=8, lr=2e-3, checkpoint_interval=8)
     train_minillm(
