@@ -624,6 +624,33 @@ def minillm_step(
     return {k: _all_reduce_sum(v, dist) for k, v in stats.items()}
 
 
+@torch.no_grad()
+def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt_length: int, batch: int) -> float:
+    """Token mean of the closed-form KL(q || p) at every position of the held-out gold responses (EOS included):
+    the reverse KL of the student to its teacher on fixed contexts. Deterministic and paired (every checkpoint is
+    scored on the same contexts), so a hop's change is measurable where the sampled per-response estimate
+    (`val_rev_kl`, one sampled response per prompt) has a standard error several times the change at small scale.
+    Every rank computes the whole split, so a sharded ZeRO-3 teacher forwards in lockstep."""
+    from benchmark.sampling import left_pad
+
+    total, count = 0.0, 0.0
+    for start in range(0, len(examples), batch):
+        chunk = examples[start : start + batch]
+        p_ids, p_mask = left_pad([e.prompt_ids for e in chunk], eos_token_id, max_prompt_length)
+        r_ids = torch.full((len(chunk), max(len(e.response_ids) for e in chunk)), eos_token_id, dtype=torch.long)
+        r_mask = torch.zeros(r_ids.shape)
+        for i, e in enumerate(chunk):  # right-padded, EOS inside the mask (ref §1.3 mask convention)
+            r_ids[i, : len(e.response_ids)] = torch.tensor(e.response_ids)
+            r_mask[i, : len(e.response_ids)] = 1.0
+        device = next(student.parameters()).device
+        args = (p_ids.to(device), p_mask.to(device), r_ids.to(device), r_mask.to(device))
+        kl = losses.single_step_kl(
+            _response_logits(student, *args).float(), _response_logits(teacher, *args).float(), args[3], num_tokens=1.0
+        )
+        total, count = total + kl.item(), count + args[3].sum().item()
+    return total / max(count, 1.0)
+
+
 def train_minillm(
     student_path: str,
     teacher_path: str,
@@ -672,8 +699,11 @@ def train_minillm(
     log = MetricsLog(out / "metrics.jsonl", dist.is_main)
     state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "phase": 0, "best": None, "history": []}
     log.truncate_after(state["step"])
+    heldout = data.split("valid")  # the whole split, for the teacher-forced reverse KL before/after the hop
     if state["step"] == 0 and not state["history"]:  # the init's validation: the "before" of the hop
         _record_validation(engine, teacher, val, tok, eos, cfg, micro, dist, state, log)
+        kl = heldout_reverse_kl(engine.module, teacher, heldout, eos, cfg.max_prompt_length, micro)
+        state["heldout_rev_kl"] = {"init": kl, "examples": len(heldout)}
 
     n_prompts = len(prompts)
     per_rank = cfg.rollouts_per_phase // dist.world_size
@@ -749,6 +779,10 @@ def train_minillm(
         if due or steps_done >= cfg.total_steps:
             save_checkpoint(engine, out / "checkpoints", steps_done, state, dist)
     pbar.close()
+    selected = load_model(str(out / "model"), dist.device, torch.float32, dropout=False)
+    state["heldout_rev_kl"]["selected"] = heldout_reverse_kl(
+        selected, teacher, heldout, eos, cfg.max_prompt_length, micro
+    )
     return _finish(
         out,
         state,
@@ -814,8 +848,9 @@ def _finish(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: float, 
             "world_size": dist.world_size,
             "wall_time_s": wall,
         }
-        if "selected" in state:
-            summary["selected"] = state["selected"]
+        for key in ("selected", "heldout_rev_kl"):  # SFT: the selected model's checks; MiniLLM: the hop's KL
+            if key in state:
+                summary[key] = state[key]
         _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return out / "model"

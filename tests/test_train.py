@@ -114,6 +114,8 @@ def test_minillm_lowers_reverse_kl_to_the_teacher(tiny_chain, tmp_path):
     assert [h["step"] for h in history] == [0, 8, 16]
     start, end = history[0]["val_rev_kl"], history[-1]["val_rev_kl"]
     assert end < 0.8 * start, f"reverse KL on held-out prompts {start:.3f} -> {end:.3f}"
+    heldout = summary["heldout_rev_kl"]  # teacher-forced on the whole validation split, init vs selected model
+    assert heldout["examples"] == 40 and heldout["selected"] < heldout["init"], heldout
     metrics = [json.loads(ln) for ln in (tmp_path / "hop" / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
     assert len(train) == 16
@@ -137,6 +139,29 @@ def test_gradient_accumulation_invariance(tiny_chain, tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
     # ... and the updates agree up to float summation order (Adam steps are ~lr = 2e-3 per weight)
     _assert_same(_final_weights(tmp_path / "one"), _final_weights(tmp_path / "four"), atol=1e-4)
+
+
+def test_heldout_reverse_kl_equals_a_per_example_loop(tiny_gpt2, tiny_opt, tiny_tokenizer):
+    """Batched, padded, token-weighted KL(q||p) over gold responses == one unpadded example at a time; 0 for q = p."""
+    import torch.nn.functional as F
+
+    from benchmark.data import Example
+    from benchmark.train import heldout_reverse_kl
+
+    eos, enc = tiny_tokenizer.eos_token_id, tiny_tokenizer.encode
+    pairs = [("Name a fruit.", " apple"), ("List two colors please", " red, blue and green"), ("Hi", " hello")]
+    examples = [Example(p, r, enc(p), enc(r) + [eos], None) for p, r in pairs]
+    total, count = 0.0, 0
+    for e in examples:
+        ids = torch.tensor([e.prompt_ids + e.response_ids])
+        P, T = len(e.prompt_ids), len(e.response_ids)
+        with torch.no_grad():
+            lq = F.log_softmax(tiny_gpt2(ids).logits[0, P - 1 : P - 1 + T].double(), -1)
+            lp = F.log_softmax(tiny_opt(ids).logits[0, P - 1 : P - 1 + T].double(), -1)
+        total, count = total + (lq.exp() * (lq - lp)).sum().item(), count + T
+    got = heldout_reverse_kl(tiny_gpt2, tiny_opt, examples, eos, max_prompt_length=16, batch=2)
+    assert got == pytest.approx(total / count, rel=1e-5)
+    assert heldout_reverse_kl(tiny_gpt2, tiny_gpt2, examples, eos, 16, 2) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_teacher_logits_cache_computes_each_rollout_once(tiny_gpt2):
