@@ -779,10 +779,15 @@ def train_minillm(
         if due or steps_done >= cfg.total_steps:
             save_checkpoint(engine, out / "checkpoints", steps_done, state, dist)
     pbar.close()
-    selected = load_model(str(out / "model"), dist.device, torch.float32, dropout=False)
-    state["heldout_rev_kl"]["selected"] = heldout_reverse_kl(
-        selected, teacher, heldout, eos, cfg.max_prompt_length, micro
-    )
+    # The hop's "after": the selected model, in the stage's compute dtype (half on GPU, beside the engine).
+    h = state.setdefault("heldout_rev_kl", {"examples": len(heldout)})
+    dtype = _dtype(cfg.precision, dist.device)
+    if "init" not in h:  # resumed from a checkpoint written before this measure existed: score the init again
+        init = load_model(student_path, dist.device, dtype, dropout=False)
+        h["init"] = heldout_reverse_kl(init, teacher, heldout, eos, cfg.max_prompt_length, micro)
+        del init
+    selected = load_model(str(out / "model"), dist.device, dtype, dropout=False)
+    h["selected"] = heldout_reverse_kl(selected, teacher, heldout, eos, cfg.max_prompt_length, micro)
     return _finish(
         out,
         state,
