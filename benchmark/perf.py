@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
@@ -61,6 +62,7 @@ SECTIONS = ("rollouts", "training", "trl", "evaluation")
 NOT_MEASURED_GPU = "not measured (no GPU in this run)"
 _RESULT_MARK = "PERF_RESULT "
 MIX_ALPHA = 0.2  # MiniLLMConfig.teacher_mixed_alpha default (ref §1.3 step 1)
+STOP_MEAN_LENGTH = 12.0  # rollouts that stop: mean length of the EOS-biased random models (compaction speed-up)
 TEACHER_SIZE, STUDENT_SIZE = "1.5B", "120M"  # GPT-2's one-step hop, the paper's fastest reported stage
 
 
@@ -222,6 +224,22 @@ class _NoEOS(torch.nn.Module):
         return out
 
 
+class _Stopping(torch.nn.Module):
+    """Wraps a model so that EOS gets a fixed logit bonus: a random model then stops after a geometric number of
+    tokens (about `mean_length` on average, capped by max_new_tokens), as trained models do at different lengths,
+    so the decode loop's dropping of finished rows has something to drop."""
+
+    def __init__(self, model, eos: int, mean_length: float):
+        super().__init__()
+        self.model, self.eos, self.config = model, eos, model.config
+        self.bonus = math.log(model.config.vocab_size / (mean_length - 1))  # p(EOS) ~ 1/mean_length on flat logits
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits[..., self.eos] += self.bonus
+        return out
+
+
 class _TimedTeacher:
     """The teacher seen through a stopwatch: while `on` (CPU: synchronous), `seconds` accumulates forward time and
     `rows` the sequences forwarded."""
@@ -260,7 +278,7 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
     settings = cfg.generation
     gens = lambda: example_generators(cfg.seed, list(range(B)))  # noqa: E731
 
-    def ours(model, mix=None, logprobs=False):
+    def ours(model, mix=None, logprobs=False, compact=True):
         out = sample(
             model,
             ids,
@@ -271,8 +289,11 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
             mix_model=mix,
             mix_alpha=MIX_ALPHA if mix is not None else 0.0,
             return_logprobs=logprobs,
+            compact=compact,
         )
         return int(out.lengths.sum())
+
+    s_stop, t_stop = _Stopping(student, eos, STOP_MEAN_LENGTH), _Stopping(teacher, eos, STOP_MEAN_LENGTH)
 
     @torch.no_grad()
     def hf_generate():
@@ -296,6 +317,9 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
         "student_ours": lambda: ours(s_ne),
         "teacher_ours": lambda: ours(t_ne),
         "student_hf_generate": hf_generate,
+        # the speed-up pair: the trainer's rollout call on rows that stop at different lengths
+        "mixed_stopping": lambda: ours(s_stop, mix=t_stop, logprobs=True),
+        "mixed_stopping_no_compaction": lambda: ours(s_stop, mix=t_stop, logprobs=True, compact=False),
     }
     names = list(variants)
     names = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate the order over rounds
@@ -692,7 +716,7 @@ def run_worker(name: str, setup_path: Path, rnd: int, quick: bool, isolate: bool
 
 def _agg_rollouts(rounds: list[dict], setup: dict) -> dict:
     first = rounds[0]
-    names = list(first["variants"])
+    names = [n for n in first["variants"] if "stopping" not in n]  # the stopping pair is reported in speedups
     variants = {
         n: {
             "tok_per_s": stat(r["variants"][n]["tok_per_s"] for r in rounds),
@@ -773,9 +797,10 @@ def _agg_training(rounds: list[dict]) -> dict:
 
 def _agg_speedups(raw: dict) -> dict:
     """Before/after of each speed-up, both sides measured in the same rounds (paired, alternating order)."""
-    after, before = raw["training"], raw["training_recompute"]
-    return {
-        "teacher_logits_cache": {
+    out: dict = {}
+    if raw["training"]:
+        after, before = raw["training"], raw["training_recompute"]
+        out["teacher_logits_cache"] = {
             "what": "train.TeacherLogitsCache: the single-step term's teacher logits computed on a rollout's first "
             "PPO epoch and reused by the others (before: recomputed every epoch, as the reference does)",
             "before_phase_s": stat(r["phase_s"] for r in before),
@@ -788,7 +813,19 @@ def _agg_speedups(raw: dict) -> dict:
             "after_peak_delta_mb": stat(r["memory"]["peak_delta_mb"] for r in after),
             "before_peak_delta_mb": stat(r["memory"]["peak_delta_mb"] for r in before),
         }
-    }
+    if raw["rollouts"]:
+        v = [r["variants"] for r in raw["rollouts"]]
+        out["finished_row_compaction"] = {
+            "what": "sampling.sample drops finished rows (KV caches included) once they are a quarter of the batch; "
+            f"measured on the teacher-mixed rollout call with EOS made likely (mean length ~{STOP_MEAN_LENGTH:g} "
+            "tokens, random weights); before: compact=False",
+            "generated_tokens": v[0]["mixed_stopping"]["tokens"],
+            "same_tokens": all(x["mixed_stopping"]["tokens"] == x["mixed_stopping_no_compaction"]["tokens"] for x in v),
+            "before_s": stat(x["mixed_stopping_no_compaction"]["seconds"] for x in v),
+            "after_s": stat(x["mixed_stopping"]["seconds"] for x in v),
+            "speedup": stat(x["mixed_stopping_no_compaction"]["seconds"] / x["mixed_stopping"]["seconds"] for x in v),
+        }
+    return out or {"status": "not run (--only)"}
 
 
 def _kept_steps(r: dict) -> list:
@@ -970,7 +1007,7 @@ def run_perf(
         not_run = "not run (--only)"
         report["rollouts"] = _agg_rollouts(raw["rollouts"], setup) if raw["rollouts"] else {"status": not_run}
         report["training"] = _agg_training(raw["training"]) if raw["training"] else {"status": not_run}
-        report["speedups"] = _agg_speedups(raw) if raw["training"] else {"status": not_run}
+        report["speedups"] = _agg_speedups(raw)
         if raw["trl"]:
             report["trl"] = _agg_trl(raw["trl"], raw["ours_rkl"], setup, quick)
         elif "trl" in only:
@@ -1103,7 +1140,7 @@ def render_markdown(r: dict) -> str:
         )
     else:
         row("training", "-", tr["status"])
-    sp = r.get("speedups", {"status": "not run"})
+    sp = r["speedups"]
     if "teacher_logits_cache" in sp:
         c = sp["teacher_logits_cache"]
         row(
@@ -1125,7 +1162,16 @@ def render_markdown(r: dict) -> str:
             f"{_f(c['before_peak_delta_mb'], '{:.0f}')} / {_f(c['after_peak_delta_mb'], '{:.0f}')}",
             "",
         )
-    else:
+    if "finished_row_compaction" in sp:
+        c = sp["finished_row_compaction"]
+        row(
+            "speed-up",
+            "finished-row compaction: rollout s before / after",
+            f"{_f(c['before_s'])} / {_f(c['after_s'])}",
+            f"teacher-mixed, EOS made likely (mean ~{STOP_MEAN_LENGTH:g} tokens); same tokens: {c['same_tokens']}",
+        )
+        row("speed-up", "finished-row compaction: speed-up", _f(c["speedup"], "{:.2f}x"), "paired per round")
+    if "status" in sp:
         row("speed-up", "-", sp["status"])
     t = r["trl"]
     if t["status"] == "measured":

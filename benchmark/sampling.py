@@ -200,6 +200,7 @@ def sample(
     mix_model=None,
     mix_alpha: float = 0.0,
     return_logprobs: bool = False,
+    compact: bool = True,
 ) -> SampleOutput:
     """Decode up to `settings.max_new_tokens` tokens from left-padded prompts (pad = EOS).
 
@@ -208,6 +209,7 @@ def sample(
     `return_logprobs`: the student's log q(y_t) = log_softmax(logits / temperature) (ref §1.3 step 3) and, with a
     `mix_model`, the teacher's log p(y_t) over the full vocabulary, no temperature, no processors (ref §1.3 step 2),
     both read from the step logits (no extra forward).
+    `compact=False` keeps finished rows in the decoding batch to the end (the benchmark's "before"; same outputs).
     """
     B, T = prompt_ids.shape[0], settings.max_new_tokens
     if generators is not None and len(generators) != B:
@@ -259,7 +261,7 @@ def sample(
         if n_done == len(rows) or t == T - 1:
             break
         seq = torch.cat([seq, tok[:, None]], dim=1)
-        if 4 * n_done >= len(rows):
+        if compact and 4 * n_done >= len(rows):
             keep = (~done).nonzero().squeeze(-1)
             rows, done, seq, tok = rows[keep], done[keep], seq[keep], tok[keep]
             student.keep(keep)

@@ -95,6 +95,18 @@ def test_teacher_logits_cache_before_after(report):
     assert "teacher-logits cache: phase speed-up" in report[1]
 
 
+def test_finished_row_compaction_before_after(report):
+    """Compaction on/off decode the same tokens (rows really stopped at different lengths); the speed-up is the
+    paired ratio of the two measured times."""
+    r = report[0]
+    c, ro = r["speedups"]["finished_row_compaction"], r["rollouts"]["settings"]
+    assert c["same_tokens"] is True
+    assert ro["batch"] < c["generated_tokens"] < ro["batch"] * ro["max_new_tokens"]
+    assert _positive(c["before_s"]) and _positive(c["after_s"])
+    assert c["speedup"]["values"][0] == pytest.approx(c["before_s"]["values"][0] / c["after_s"]["values"][0])
+    assert "finished-row compaction: speed-up" in report[1]
+
+
 def test_trl_side_by_side(report):
     t = report[0]["trl"]
     if not perf._has("trl"):

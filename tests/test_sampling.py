@@ -158,6 +158,9 @@ def test_finished_rows_leave_the_batch(tiny_gpt2, tiny_opt, tiny_tokenizer):
     try:
         batch = sample(tiny_gpt2, *left_pad(seqs, eos), generators=example_generators(5, range(8)), **kw)
         decoding_rows = list(rows_seen)
+        rows_seen.clear()
+        kept = sample(tiny_gpt2, *left_pad(seqs, eos), generators=example_generators(5, range(8)), compact=False, **kw)
+        assert set(rows_seen) == {8} and kept.response_ids.tolist() == batch.response_ids.tolist()  # the "before"
         for i, s in enumerate(seqs):
             one = sample(
                 tiny_gpt2, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long),
