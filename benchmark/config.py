@@ -134,6 +134,10 @@ class MiniLLMConfig:
     # (ref §1.3 "Single-step term": one teacher forward per micro-step per PPO epoch, no caching). Memory per rank:
     # up to rollouts x max_new_tokens x vocab in the teacher's dtype (train.TeacherLogitsCache).
     cache_teacher_logits: bool = True
+    # Memory only (same value and gradient): the single-step term over chunks of this many response positions, each
+    # under activation checkpointing, so one chunk's float32 [batch, chunk, vocab] intermediates are alive at a time
+    # instead of the whole response's (GPT-2 at paper scale: 8 x 256 x 50257 x 4 B = 0.4 GB each). None = no chunks.
+    kl_chunk_size: int | None = None
     pt_coef: float = 1.0  # --lm-coef; 0 disables the PT batch (ablation)
     kd_ratio: float = 0.5  # --kd-ratio, the paper's "weight of the distillation loss": PT = 0.5 CE + 0.5 soft-CE
     pt_seq_length: int = 512  # PT chunks (ref §4.2)
@@ -159,6 +163,7 @@ class MiniLLMConfig:
         _check(self.policy_gradient or self.single_step, "at least one of policy_gradient/single_step must be on")
         _check(self.total_steps > 0 and self.eval_interval > 0, "total_steps and eval_interval must be positive")
         _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0-3")
+        _check(self.kl_chunk_size is None or self.kl_chunk_size > 0, "kl_chunk_size must be positive or None")
 
     @property
     def steps_per_phase(self) -> int:

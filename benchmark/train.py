@@ -556,7 +556,8 @@ def _ppo_micro_loss(
     else:
         with torch.no_grad():
             t_logits = _response_logits(teacher, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
-    reg = losses.single_step_kl(s_logits, t_logits.float(), mb.response_mask, num_tokens=n_tokens)
+    # the teacher's logits stay in their dtype here: single_step_kl upcasts them chunk by chunk
+    reg = losses.single_step_kl(s_logits, t_logits, mb.response_mask, num_tokens=n_tokens, chunk_size=cfg.kl_chunk_size)
     stats["reg_loss"] = reg.item()
     if cfg.single_step:
         loss = loss + reg

@@ -195,7 +195,8 @@ def test_teacher_logits_cache_computes_each_rollout_once(tiny_gpt2):
 
 def test_teacher_logits_cache_matches_recompute(tiny_chain, tmp_path):
     """Caching the single-step term's teacher logits across PPO epochs changes nothing but float summation order:
-    the same per-step losses and the same weights as the reference's recomputation every epoch."""
+    the same per-step losses and the same weights as the reference's recomputation every epoch. Same for the
+    chunked single-step term."""
     args = (str(tiny_chain / "student" / "model"), str(tiny_chain / "teacher" / "model"), tiny_chain / "data")
     cfg = _minillm(total_steps=8, eval_interval=8, lr=2e-3, micro_batch_size=2)
     assert cfg.ppo_epochs > 1 and cfg.cache_teacher_logits
@@ -206,6 +207,11 @@ def test_teacher_logits_cache_matches_recompute(tiny_chain, tmp_path):
         for key in ("pg_loss", "reg_loss", "pt_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
     _assert_same(_final_weights(tmp_path / "cached"), _final_weights(tmp_path / "recomputed"), atol=1e-4)
+    # ... and so does computing the single-step term in chunks of 3 positions (memory only)
+    train_minillm(*args, tmp_path / "chunked", dataclasses.replace(cfg, kl_chunk_size=3), progress=False)
+    for a, b in zip(cached, _train_metrics(tmp_path / "chunked"), strict=True):
+        assert a["reg_loss"] == pytest.approx(b["reg_loss"], rel=1e-4, abs=1e-7), a["step"]
+    _assert_same(_final_weights(tmp_path / "cached"), _final_weights(tmp_path / "chunked"), atol=1e-4)
 
 
 def _train_cmd(tiny_chain: Path, out: Path, overrides: dict) -> list[str]:
