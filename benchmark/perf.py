@@ -209,35 +209,26 @@ def _load(path: str):
     return model.eval()
 
 
-class _NoEOS(torch.nn.Module):
-    """Wraps a model so that EOS gets logit -inf: random models then decode exactly max_new_tokens tokens, and every
-    decoder compared generates the same number of tokens. Costs one indexed write per step, on every variant."""
+class EOSLogit(torch.nn.Module):
+    """Wraps a model so that EOS gets a fixed logit bonus at every step. `bonus=-inf` suppresses EOS: random models
+    then decode exactly max_new_tokens tokens, so every decoder compared generates the same number of tokens.
+    `bonus=_stop_bonus(...)` makes a random model stop after a geometric number of tokens, as trained models do at
+    different lengths, so the decode loop's dropping of finished rows has something to drop. Costs one indexed
+    write per step."""
 
-    def __init__(self, model, eos: int):
+    def __init__(self, model, eos: int, bonus: float):
         super().__init__()
-        self.model, self.eos = model, eos
-        self.config = model.config
-
-    def forward(self, **kwargs):
-        out = self.model(**kwargs)
-        out.logits[..., self.eos] = float("-inf")
-        return out
-
-
-class _Stopping(torch.nn.Module):
-    """Wraps a model so that EOS gets a fixed logit bonus: a random model then stops after a geometric number of
-    tokens (about `mean_length` on average, capped by max_new_tokens), as trained models do at different lengths,
-    so the decode loop's dropping of finished rows has something to drop."""
-
-    def __init__(self, model, eos: int, mean_length: float):
-        super().__init__()
-        self.model, self.eos, self.config = model, eos, model.config
-        self.bonus = math.log(model.config.vocab_size / (mean_length - 1))  # p(EOS) ~ 1/mean_length on flat logits
+        self.model, self.eos, self.bonus, self.config = model, eos, bonus, model.config
 
     def forward(self, **kwargs):
         out = self.model(**kwargs)
         out.logits[..., self.eos] += self.bonus
         return out
+
+
+def _stop_bonus(vocab_size: int, mean_length: float) -> float:
+    """The EOS bonus giving p(EOS) ~ 1/mean_length per step on flat logits (mean length capped by max_new_tokens)."""
+    return math.log(vocab_size / (mean_length - 1))
 
 
 class _TimedTeacher:
@@ -271,7 +262,7 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
     data = load_prepared(setup["data"], "gpt2")
     eos = data.eos_token_id
     student, teacher = _load(setup["student"]["path"]), _load(setup["teacher"]["path"])
-    s_ne, t_ne = _NoEOS(student, eos), _NoEOS(teacher, eos)
+    s_ne, t_ne = EOSLogit(student, eos, float("-inf")), EOSLogit(teacher, eos, float("-inf"))
     B, T = cfg.batch_size, cfg.generation.max_new_tokens  # collect_rollouts decodes micro-batches (world 1: batch)
     ex = data.split("train")[:B]
     ids, mask = left_pad([e.prompt_ids for e in ex], eos, cfg.max_prompt_length)
@@ -293,7 +284,8 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
         )
         return int(out.lengths.sum())
 
-    s_stop, t_stop = _Stopping(student, eos, STOP_MEAN_LENGTH), _Stopping(teacher, eos, STOP_MEAN_LENGTH)
+    stop = _stop_bonus(student.config.vocab_size, STOP_MEAN_LENGTH)
+    s_stop, t_stop = EOSLogit(student, eos, stop), EOSLogit(teacher, eos, stop)
 
     @torch.no_grad()
     def hf_generate():

@@ -50,6 +50,7 @@ import torch
 
 from benchmark import losses
 from benchmark.config import GenerationSettings
+from benchmark.perf import EOSLogit
 from benchmark.sampling import example_generators, sample
 
 SCHEMA = "mskd-bench.perf-gpu/1"
@@ -176,22 +177,9 @@ def matmul_peak(device, dtype, sizes, iters: int) -> dict:
     return {"tflops": best, "per_size": per, "iters": iters, "dtype": str(dtype)}
 
 
-class _NoEOS(torch.nn.Module):
-    """EOS logit -inf: every rollout decodes all max_new_tokens (same as benchmark.perf)."""
-
-    def __init__(self, model, eos: int):
-        super().__init__()
-        self.model, self.eos, self.config = model, eos, model.config
-
-    def forward(self, **kw):
-        out = self.model(**kw)
-        out.logits[..., self.eos] = float("-inf")
-        return out
-
-
 def measure_decode(student, teacher, device, batch: int, prompt: int, new: int) -> dict:
     eos = student.config.eos_token_id
-    s, t = _NoEOS(student, eos), _NoEOS(teacher, eos)
+    s, t = EOSLogit(student, eos, float("-inf")), EOSLogit(teacher, eos, float("-inf"))  # all max_new_tokens
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, student.config.vocab_size - 1, (batch, prompt), generator=g).to(device)
     mask = torch.ones_like(ids)

@@ -370,11 +370,15 @@ def stage_report(plan: Plan, run_dir: Path) -> str:
         "| family | size | role | parameters | val perplexity | greedy ROUGE-L |",
         "|---|---|---|---|---|---|",
     ]
-    for s in plan.by_kind("sft"):
-        f = run_dir / "stages" / s.dirname / "summary.json"
-        if s.source or not f.exists():
-            continue
-        sel = json.loads(f.read_text()).get("selected", {})
+
+    def summaries(kind: str):  # (stage, summary.json) of the kind's stages trained in this run
+        for s in plan.by_kind(kind):
+            f = run_dir / "stages" / s.dirname / "summary.json"
+            if not s.source and f.exists():
+                yield s, json.loads(f.read_text())
+
+    for s, summ in summaries("sft"):
+        sel = summ.get("selected", {})
         lines.append(
             f"| {s.family} | {s.config['size']} | {s.config['role']} | {sel.get('parameters', 0):,} | "
             f"{sel.get('val_ppl', float('nan')):.3f} | {sel.get('val_rouge_l_greedy', float('nan')):.2f} |"
@@ -391,11 +395,7 @@ def stage_report(plan: Plan, run_dir: Path) -> str:
         "| val ROUGE-L |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for s in plan.by_kind("distill"):
-        f = run_dir / "stages" / s.dirname / "summary.json"
-        if s.source or not f.exists():
-            continue
-        summ = json.loads(f.read_text())
+    for s, summ in summaries("distill"):
         before, best = summ["history"][0], summ["best"]
         h = summ.get("heldout_rev_kl") or {}
         a, b = h.get("init", float("nan")), h.get("selected", float("nan"))

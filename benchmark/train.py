@@ -634,6 +634,7 @@ def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt
     Every rank computes the whole split, so a sharded ZeRO-3 teacher forwards in lockstep."""
     from benchmark.sampling import left_pad
 
+    device = next(student.parameters()).device
     total, count = 0.0, 0.0
     for start in range(0, len(examples), batch):
         chunk = examples[start : start + batch]
@@ -643,7 +644,6 @@ def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt
         for i, e in enumerate(chunk):  # right-padded, EOS inside the mask (ref §1.3 mask convention)
             r_ids[i, : len(e.response_ids)] = torch.tensor(e.response_ids)
             r_mask[i, : len(e.response_ids)] = 1.0
-        device = next(student.parameters()).device
         args = (p_ids.to(device), p_mask.to(device), r_ids.to(device), r_mask.to(device))
         kl = losses.single_step_kl(
             _response_logits(student, *args).float(), _response_logits(teacher, *args).float(), args[3], num_tokens=1.0
