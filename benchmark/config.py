@@ -119,6 +119,12 @@ class MiniLLMConfig:
     max_prompt_length: int = 256  # --max-prompt-length; prompts left-padded to this with EOS
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     log_student_sample: bool = True  # ref §1.3 step 4: a pure-student sample used only for rev_kl/stu_lens logs
+    # Where the stored log q / log p of the sampled tokens come from (ref §1.3 steps 2, 3 and 5): the reference
+    # scores the finished rollouts with one full (teacher-forced) forward of each model, so under fp16/bf16 the first
+    # PPO epoch's ratio q_new / q_old is exactly 1 (times w) instead of carrying the difference between incremental
+    # KV-cached decoding and a full forward. "decode" keeps the decode loop's log-probs: equal up to float32
+    # summation order in fp32 and one student + one teacher forward per rollout cheaper (train.rescore_rollouts).
+    rollout_logprobs: Literal["forward", "decode"] = "forward"
     # --- reward and advantage (ref §1.3 "Reward per token", "Advantage")
     reward_scaling: float = 0.5  # --reward-scaling: r = (log p - log q) / 0.5
     cliprange_reward: float = 100.0  # --cliprange-reward (script value; the argparse default 1 is a trap)
@@ -164,6 +170,7 @@ class MiniLLMConfig:
         _check(self.total_steps > 0 and self.eval_interval > 0, "total_steps and eval_interval must be positive")
         _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0-3")
         _check(self.kl_chunk_size is None or self.kl_chunk_size > 0, "kl_chunk_size must be positive or None")
+        _check(self.rollout_logprobs in ("forward", "decode"), "rollout_logprobs must be 'forward' or 'decode'")
 
     @property
     def steps_per_phase(self) -> int:

@@ -29,6 +29,12 @@ memory layout of DeepSpeed's bf16 optimizer, 16 bytes per student parameter):
               stated; next to the paper's report (GPT-2 120M from the 1.5B teacher: under 10 h on four V100s; OPT
               2.7B from the 6.7B TA: about 40 h on four V100s). Rollouts are assumed to run all 256 tokens: an upper
               bound for a trained student that stops at EOS.
+  scoring     (first pair of each family) bf16 correctness of the stored rollout log-probs: the decode loop's
+              incremental log q / log p against train.rescore_rollouts' full forward (what the trainer stores by
+              default, as the reference does) and against fp32; the share of tokens whose first-epoch PPO ratio
+              would leave [0.8, 1.2] from precision alone if decode-time log q were stored
+  static      (first pair) the student decoding alone: HF generate with its DynamicCache, with a static cache
+              (eager, and compiled as generate does on CUDA), and our decode loop: the headroom of static shapes
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ PAIRS = [
         micro=16,
         paper="under 10 h on 4x V100",
         paper_h=10.0,
+        checks=("scoring", "static_cache"),
     ),
     dict(
         name="opt 6.7B>2.7B",
@@ -84,6 +91,7 @@ PAIRS = [
         micro=8,
         paper="about 40 h on 4x V100",
         paper_h=40.0,
+        checks=("scoring",),
     ),
     dict(name="opt 6.7B>1.3B", teacher="opt-6.7B", student="opt-1.3B", micro=8, paper=None, paper_h=None),
     dict(name="gpt2 1.5B>340M", teacher="gpt2-1.5B", student="gpt2-340M", micro=16, paper=None, paper_h=None),
@@ -202,7 +210,75 @@ def measure_decode(student, teacher, device, batch: int, prompt: int, new: int) 
         out = run(new)
     tokens = int(out.lengths.sum())
     flops = fwd_flops(student, tokens, prompt + new // 2) + fwd_flops(teacher, tokens, prompt + new // 2)
-    return {"seconds": tm.seconds, "tokens": tokens, "tok_per_s": tokens / tm.seconds, "model_flops": flops}
+    rollouts = (ids, mask, out)
+    return {"seconds": tm.seconds, "tokens": tokens, "tok_per_s": tokens / tm.seconds, "model_flops": flops}, rollouts
+
+
+@torch.no_grad()
+def measure_scoring(student, teacher, rollouts, rows: int = 8) -> dict:
+    """bf16 correctness of the stored rollout log-probs (MiniLLMConfig.rollout_logprobs): the decode loop's
+    incremental log q / log p against the trainer's full-forward rescoring (train.rescore_rollouts, the reference's
+    way) in bf16 and against an fp32 forward of the same weights. `clipped_at_epoch1` is the share of tokens whose
+    first-epoch ratio q_new / q_old would leave PPO's [0.8, 1.2] from precision alone if the decode-time log q
+    were stored. Random weights give near-uniform distributions, so this is a floor, not a trained model's value."""
+    from benchmark.config import GenerationSettings as G
+    from benchmark.train import rescore_rollouts
+
+    ids, mask, out = rollouts
+    res = {}
+    for name, model, dec in (("student", student, out.student_logprobs), ("teacher", teacher, out.teacher_logprobs)):
+        fwd, ref = [], []
+        for i in range(0, ids.shape[0], rows):
+            sl = slice(i, i + rows)
+            args = (ids[sl], mask[sl], out.response_ids[sl], out.response_mask[sl], G())
+            fwd.append(rescore_rollouts(model, None, *args)[0])
+            model.float()
+            ref.append(rescore_rollouts(model, None, *args)[0])
+            model.to(torch.bfloat16)
+        fwd, ref, m = torch.cat(fwd), torch.cat(ref), out.response_mask.bool()
+        d_dec_fwd, d_fwd_ref, d_dec_ref = (dec - fwd)[m].abs(), (fwd - ref)[m].abs(), (dec - ref)[m].abs()
+        res[name] = {
+            "tokens": int(m.sum()),
+            "mean_logprob": float(ref[m].mean()),
+            "decode_vs_forward_bf16": {"mean": float(d_dec_fwd.mean()), "max": float(d_dec_fwd.max())},
+            "forward_bf16_vs_fp32": {"mean": float(d_fwd_ref.mean()), "max": float(d_fwd_ref.max())},
+            "decode_bf16_vs_fp32": {"mean": float(d_dec_ref.mean()), "max": float(d_dec_ref.max())},
+            "clipped_at_epoch1": float(((dec - fwd)[m].exp() - 1).abs().gt(0.2).float().mean()),
+        }
+    return res
+
+
+@torch.no_grad()
+def measure_static_cache(student, device, batch: int, prompt: int, new: int) -> dict:
+    """Headroom of static-shape KV caches for decoding (the student alone): Hugging Face generate with its
+    DynamicCache, with cache_implementation="static" (which generate compiles on CUDA), and our decode loop."""
+    eos = student.config.eos_token_id
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, student.config.vocab_size - 1, (batch, prompt), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    common = dict(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=new,
+                  min_new_tokens=new, eos_token_id=eos, pad_token_id=eos)  # fmt: skip
+    s = EOSLogit(student, eos, float("-inf"))
+    variants = {
+        "hf_dynamic": lambda: student.generate(**common),
+        "hf_static_eager": lambda: student.generate(**common, cache_implementation="static", disable_compile=True),
+        "hf_static_compiled": lambda: student.generate(**common, cache_implementation="static"),
+        "ours": lambda: sample(s, ids, mask, GenerationSettings(max_new_tokens=new), eos_token_id=eos,
+                               generators=example_generators(10, list(range(batch)))),
+    }  # fmt: skip
+    res = {}
+    for name, fn in variants.items():
+        try:
+            with _Timer(device) as first:
+                fn()  # warm-up (and compilation)
+            with _Timer(device) as t:
+                fn()
+            res[name] = {"first_call_s": first.seconds, "seconds": t.seconds, "tok_per_s": batch * new / t.seconds}
+        except Exception as exc:  # a compile failure is a result too
+            res[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    if "seconds" in res.get("hf_static_compiled", {}) and "seconds" in res.get("hf_dynamic", {}):
+        res["static_speedup_vs_dynamic"] = res["hf_dynamic"]["seconds"] / res["hf_static_compiled"]["seconds"]
+    return res
 
 
 class MasterAdam:
@@ -336,6 +412,9 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
         "peak": None,
         "pairs": [],
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M")
+    path = out_dir / ("gpu-dry-run.json" if dry else f"gpu-{_slug(gpu)}-{stamp}.json")
     report["peak"] = matmul_peak(device, dtype, [64, 128] if dry else [4096, 8192, 16384], 2 if dry else 20)
     peak = report["peak"]["tflops"] * 1e12
     teachers: dict[str, torch.nn.Module] = {}
@@ -359,7 +438,7 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
             student = build(pair["student"], device, dtype, dry).eval()
             row["params"] = {"student": _shape(student)[0], "teacher": _shape(teacher)[0]}
             with torch.no_grad():
-                dec = measure_decode(student, teacher, device, shape["batch"], shape["prompt"], shape["new"])
+                dec, rollouts = measure_decode(student, teacher, device, shape["batch"], shape["prompt"], shape["new"])
             dec["mfu"] = dec["model_flops"] / dec["seconds"] / peak
             micro = 2 if dry else pair["micro"]
             step = measure_step(student, teacher, device, micro, shape["prompt"], shape["new"], True, 1 if dry else 3)
@@ -373,16 +452,23 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
             )
             if pair["paper_h"] is not None:
                 row["projection"]["paper_hours_4x_v100"] = pair["paper_h"]
-            del student
+            checks = pair.get("checks", ())
+            if "scoring" in checks:  # after the memory peak is read: this adds fp32 copies
+                row["rollout_scoring"] = measure_scoring(student, teacher, rollouts)
+            if "static_cache" in checks and time.perf_counter() - t_start < budget_s:
+                row["static_cache"] = measure_static_cache(
+                    student, device, shape["batch"], shape["prompt"], shape["new"]
+                )
+            del student, rollouts
         except torch.cuda.OutOfMemoryError as exc:
             row["status"] = f"out of memory ({str(exc).splitlines()[0][:120]})"
+        except Exception as exc:  # keep what the other pairs measured
+            row["status"] = f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
         if cuda:
             torch.cuda.empty_cache()
-    report["wall_s"] = time.perf_counter() - t_start
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M")
-    path = out_dir / ("gpu-dry-run.json" if dry else f"gpu-{_slug(gpu)}-{stamp}.json")
-    path.write_text(json.dumps(report, indent=2) + "\n")
+        report["wall_s"] = time.perf_counter() - t_start
+        path.write_text(json.dumps(report, indent=2) + "\n")  # after every pair: a killed run keeps its results
+        print(f"[{report['wall_s']:.0f} s] {row['pair']}: {row['status']}", flush=True)
     print(summary(report))
     print(f"wrote {path}")
     return path
@@ -413,6 +499,17 @@ def summary(r: dict) -> str:
             f"{s['mfu']:>7.2f}{(f'{mem:.1f}' if mem is not None else '-'):>9}{pr['hours_1gpu']:>17.1f}  "
             f"{p['paper_report'] or '-'}"
         )
+    for p in r["pairs"]:
+        for who, sc in (p.get("rollout_scoring") or {}).items():
+            dec, fwd = sc["decode_vs_forward_bf16"], sc["forward_bf16_vs_fp32"]
+            lines.append(
+                f"{p['pair']} {who} log-probs (bf16): |decode - forward| mean {dec['mean']:.2e} max {dec['max']:.2e}; "
+                f"|forward - fp32| mean {fwd['mean']:.2e}; ratio outside [0.8, 1.2] {sc['clipped_at_epoch1']:.2%}"
+            )
+        for name, v in (p.get("static_cache") or {}).items():
+            if isinstance(v, dict):
+                got = v.get("error") or f"{v['tok_per_s']:.0f} tok/s (first call {v['first_call_s']:.1f} s)"
+                lines.append(f"{p['pair']} student decode {name}: {got}")
     lines.append(f"wall {r['wall_s']:.0f} s")
     return "\n".join(lines)
 

@@ -472,6 +472,25 @@ class TeacherLogitsCache:
 
 
 @torch.no_grad()
+def rescore_rollouts(student, teacher, prompt_ids, prompt_mask, response_ids, response_mask, generation):
+    """log q (student, logits / temperature) and log p (teacher, raw logits; None without a teacher) of the sampled
+    tokens from one full teacher-forced forward of each model, 0 where the mask is 0: how the reference scores its
+    rollouts (ref §1.3 step 3 `rollout_logprobs`, step 2 `reward.py`, step 5 `raw_logprobs`/`t_rollout_logprobs`,
+    "the re-computation only absorbs fp16 noise"). These are the same forwards the PPO epochs run, so under half
+    precision the stored log q equals the first epoch's log q_new and the clip sees ratio = w, not decode noise."""
+    lq = losses.token_logprobs(
+        _response_logits(student, prompt_ids, prompt_mask, response_ids, response_mask),
+        response_ids,
+        generation.temperature,
+    )
+    lp = None
+    if teacher is not None:
+        t_logits = _response_logits(teacher, prompt_ids, prompt_mask, response_ids, response_mask)
+        lp = losses.token_logprobs(t_logits, response_ids) * response_mask
+    return lq * response_mask, lp
+
+
+@torch.no_grad()
 def collect_rollouts(
     student,
     teacher,
@@ -504,13 +523,19 @@ def collect_rollouts(
             mix_alpha=cfg.teacher_mixed_alpha,
             return_logprobs=True,
         )
-        if out.teacher_logprobs is None:  # unused by the losses in this configuration; keeps the buffer uniform
-            out.teacher_logprobs = out.student_logprobs
         mask = out.response_mask
-        w = losses.importance_weights(out.student_logprobs, out.teacher_logprobs, cfg.teacher_mixed_alpha)
-        r = losses.rewards(out.teacher_logprobs, out.student_logprobs, mask, cfg.reward_scaling, cfg.cliprange_reward)
+        lq, lp = out.student_logprobs, out.teacher_logprobs
+        if cfg.rollout_logprobs == "forward":
+            scores_teacher = cfg.teacher_mixed_alpha > 0 or cfg.policy_gradient  # w and the rewards use log p
+            lq, lp = rescore_rollouts(
+                student, teacher if scores_teacher else None, p_ids, p_mask, out.response_ids, mask, cfg.generation
+            )
+        if lp is None:  # unused by the losses in this configuration; keeps the buffer uniform
+            lp = lq
+        w = losses.importance_weights(lq, lp, cfg.teacher_mixed_alpha)
+        r = losses.rewards(lp, lq, mask, cfg.reward_scaling, cfg.cliprange_reward)
         row = torch.zeros(len(batch), dtype=torch.long, device=dist.device)  # numbered after the gather
-        parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, out.student_logprobs, w * mask + (1 - mask), r, row))
+        parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, lq, w * mask + (1 - mask), r, row))
         stats["mixed_lens"].append(out.lengths.float())
         if cfg.log_student_sample:
             # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging
