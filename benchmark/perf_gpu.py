@@ -249,7 +249,7 @@ def measure_scoring(student, teacher, rollouts, rows: int = 8) -> dict:
 
 
 @torch.no_grad()
-def measure_static_cache(student, device, batch: int, prompt: int, new: int) -> dict:
+def measure_static_cache(student, teacher, device, batch: int, prompt: int, new: int) -> dict:
     """Headroom of static-shape KV caches for decoding (the student alone): Hugging Face generate with its
     DynamicCache, with cache_implementation="static" (which generate compiles on CUDA), and our decode loop."""
     eos = student.config.eos_token_id
@@ -265,6 +265,9 @@ def measure_static_cache(student, device, batch: int, prompt: int, new: int) -> 
         "hf_static_compiled": lambda: student.generate(**common, cache_implementation="static"),
         "ours": lambda: sample(s, ids, mask, GenerationSettings(max_new_tokens=new), eos_token_id=eos,
                                generators=example_generators(10, list(range(batch)))),
+        "ours_teacher_alone": lambda: sample(EOSLogit(teacher, eos, float("-inf")), ids, mask,
+                                             GenerationSettings(max_new_tokens=new), eos_token_id=eos,
+                                             generators=example_generators(10, list(range(batch)))),
     }  # fmt: skip
     res = {}
     for name, fn in variants.items():
@@ -380,7 +383,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
-def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
+def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -> Path:
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available() and not dry
     device = torch.device("cuda" if cuda else "cpu")
@@ -408,6 +411,8 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
             "mfu": "model FLOPs (6N + 12LdS train, 2N + 4LdS forward) / seconds / measured bf16 matmul peak",
             "paper_stage": PAPER_STAGE,
             "budget_s": budget_s,
+            "pairs": list(only) or "all",
+            "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         },
         "peak": None,
         "pairs": [],
@@ -418,7 +423,7 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
     report["peak"] = matmul_peak(device, dtype, [64, 128] if dry else [4096, 8192, 16384], 2 if dry else 20)
     peak = report["peak"]["tflops"] * 1e12
     teachers: dict[str, torch.nn.Module] = {}
-    for pair in PAIRS:
+    for pair in [p for p in PAIRS if not only or p["name"] in only]:
         row = {"pair": pair["name"], "paper_report": pair["paper"]}
         report["pairs"].append(row)
         if time.perf_counter() - t_start > budget_s:
@@ -440,6 +445,12 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
             with torch.no_grad():
                 dec, rollouts = measure_decode(student, teacher, device, shape["batch"], shape["prompt"], shape["new"])
             dec["mfu"] = dec["model_flops"] / dec["seconds"] / peak
+            checks = pair.get("checks", ())
+            peak_decode = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+            if "scoring" in checks:  # before measure_step updates the student that sampled the rollouts
+                row["rollout_scoring"] = measure_scoring(student, teacher, rollouts)
+                if cuda:  # its fp32 copies are not part of a training stage's memory
+                    torch.cuda.reset_peak_memory_stats()
             micro = 2 if dry else pair["micro"]
             step = measure_step(student, teacher, device, micro, shape["prompt"], shape["new"], True, 1 if dry else 3)
             step["mfu"] = step["model_flops_per_step"] / step["step_s"] / peak
@@ -447,17 +458,14 @@ def run(out_dir: Path, dry: bool, budget_s: float) -> Path:
                 status="measured",
                 decode=dec,
                 step=step,
-                peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                peak_memory_gib=max(peak_decode, torch.cuda.max_memory_allocated() / 2**30) if cuda else None,
                 projection=project(dec, step, shape["batch"]),
             )
             if pair["paper_h"] is not None:
                 row["projection"]["paper_hours_4x_v100"] = pair["paper_h"]
-            checks = pair.get("checks", ())
-            if "scoring" in checks:  # after the memory peak is read: this adds fp32 copies
-                row["rollout_scoring"] = measure_scoring(student, teacher, rollouts)
             if "static_cache" in checks and time.perf_counter() - t_start < budget_s:
                 row["static_cache"] = measure_static_cache(
-                    student, device, shape["batch"], shape["prompt"], shape["new"]
+                    student, teacher, device, shape["batch"], shape["prompt"], shape["new"]
                 )
             del student, rollouts
         except torch.cuda.OutOfMemoryError as exc:
@@ -519,10 +527,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or "paper_tables/perf", help="directory (default $OUT)")
     p.add_argument("--dry-run", action="store_true", help="tiny configs on CPU: tests the script, measures nothing")
     p.add_argument("--budget-s", type=float, default=360.0, help="start no new pair after this many seconds")
+    p.add_argument("--pairs", default="", help="comma-separated pair names to run (default: all, in order)")
     a = p.parse_args(argv)
     if a.dry_run:
         torch.set_num_threads(1)
-    run(Path(a.out), a.dry_run, a.budget_s)
+    run(Path(a.out), a.dry_run, a.budget_s, tuple(n for n in a.pairs.split(",") if n))
     return 0
 
 
