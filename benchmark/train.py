@@ -677,6 +677,52 @@ def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt
     return total / max(count, 1.0)
 
 
+# The sampling seeds of the hop's sequence-level reverse KL before/after (two samples per held-out prompt).
+SEQUENCE_KL_SEEDS = (10, 11)
+
+
+@torch.no_grad()
+def sequence_reverse_kl(
+    student, teacher, examples, eos_token_id: int, max_prompt_length: int, generation, seeds, batch: int
+) -> dict:
+    """MiniLLM's objective itself: the sequence-level reverse KL KL(q || p) = E_x E_{y~q}[log q(y|x) - log p(y|x)]
+    (MiniLLM paper Eq. 1, ref §1.2), estimated on every held-out prompt with one student sample per seed and the
+    Rao-Blackwellised per-response value sum_t KL(q(.|y_<t, x) || p(.|y_<t, x)) (exact over the vocabulary at each
+    sampled context; same expectation as the sampled log-ratio, far lower variance). Samples come from the student
+    alone with the run's generation settings and per-example generators, so the value does not depend on batching.
+    Returns per-response and per-token means, the mean response length (EOS included) and the per-seed values."""
+    from benchmark.sampling import example_generators, left_pad, sample, trim_left_padding
+
+    device = next(student.parameters()).device
+    per_seed, total, tokens, responses = [], 0.0, 0.0, 0
+    for seed in seeds:
+        seed_total = 0.0
+        for start in range(0, len(examples), batch):
+            chunk = examples[start : start + batch]
+            p_ids, p_mask = left_pad([e.prompt_ids for e in chunk], eos_token_id, max_prompt_length)
+            p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+            out = sample(
+                student,
+                *trim_left_padding(p_ids, p_mask),
+                generation,
+                eos_token_id=eos_token_id,
+                generators=example_generators(seed, list(range(start, start + len(chunk)))),
+            )
+            args = (p_ids, p_mask, out.response_ids, out.response_mask)
+            kl = losses.single_step_kl(
+                _response_logits(student, *args).float(), _response_logits(teacher, *args).float(), args[3], 1.0
+            ).item()
+            seed_total, tokens = seed_total + kl, tokens + out.response_mask.sum().item()
+        per_seed.append(seed_total / len(examples))
+        total, responses = total + seed_total, responses + len(examples)
+    return {
+        "per_response": total / responses,
+        "per_token": total / max(tokens, 1.0),
+        "mean_length": tokens / responses,
+        "per_seed": per_seed,
+    }
+
+
 def train_minillm(
     student_path: str,
     teacher_path: str,
@@ -730,6 +776,9 @@ def train_minillm(
         _record_validation(engine, teacher, val, tok, eos, cfg, micro, dist, state, log)
         kl = heldout_reverse_kl(engine.module, teacher, heldout, eos, cfg.max_prompt_length, micro)
         state["heldout_rev_kl"] = {"init": kl, "examples": len(heldout)}
+        seq = sequence_reverse_kl(engine.module, teacher, heldout, eos, cfg.max_prompt_length, cfg.generation,
+                                  SEQUENCE_KL_SEEDS, micro)  # fmt: skip
+        state["sequence_rev_kl"] = {"init": seq, "examples": len(heldout), "seeds": list(SEQUENCE_KL_SEEDS)}
 
     n_prompts = len(prompts)
     per_rank = cfg.rollouts_per_phase // dist.world_size
@@ -807,13 +856,17 @@ def train_minillm(
     pbar.close()
     # The hop's "after": the selected model, in the stage's compute dtype (half on GPU, beside the engine).
     h = state.setdefault("heldout_rev_kl", {"examples": len(heldout)})
+    q = state.setdefault("sequence_rev_kl", {"examples": len(heldout), "seeds": list(SEQUENCE_KL_SEEDS)})
     dtype = _dtype(cfg.precision, dist.device)
-    if "init" not in h:  # resumed from a checkpoint written before this measure existed: score the init again
-        init = load_model(student_path, dist.device, dtype, dropout=False)
-        h["init"] = heldout_reverse_kl(init, teacher, heldout, eos, cfg.max_prompt_length, micro)
-        del init
-    selected = load_model(str(out / "model"), dist.device, dtype, dropout=False)
-    h["selected"] = heldout_reverse_kl(selected, teacher, heldout, eos, cfg.max_prompt_length, micro)
+
+    def measures(model, into: str) -> None:
+        h[into] = heldout_reverse_kl(model, teacher, heldout, eos, cfg.max_prompt_length, micro)
+        q[into] = sequence_reverse_kl(model, teacher, heldout, eos, cfg.max_prompt_length, cfg.generation,
+                                      SEQUENCE_KL_SEEDS, micro)  # fmt: skip
+
+    if "init" not in h or "init" not in q:  # resumed from a checkpoint older than these measures: score the init
+        measures(load_model(student_path, dist.device, dtype, dropout=False), "init")
+    measures(load_model(str(out / "model"), dist.device, dtype, dropout=False), "selected")
     return _finish(
         out,
         state,
@@ -879,7 +932,8 @@ def _finish(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: float, 
             "world_size": dist.world_size,
             "wall_time_s": wall,
         }
-        for key in ("selected", "heldout_rev_kl"):  # SFT: the selected model's checks; MiniLLM: the hop's KL
+        # SFT: the selected model's checks; MiniLLM: the hop's reverse KL before/after
+        for key in ("selected", "heldout_rev_kl", "sequence_rev_kl"):
             if key in state:
                 summary[key] = state[key]
         _write_atomic(out / "summary.json", json.dumps(summary, indent=2))

@@ -116,6 +116,9 @@ def test_minillm_lowers_reverse_kl_to_the_teacher(tiny_chain, tmp_path):
     assert end < 0.8 * start, f"reverse KL on held-out prompts {start:.3f} -> {end:.3f}"
     heldout = summary["heldout_rev_kl"]  # teacher-forced on the whole validation split, init vs selected model
     assert heldout["examples"] == 40 and heldout["selected"] < heldout["init"], heldout
+    seq = summary["sequence_rev_kl"]  # MiniLLM's own objective on student samples, init vs selected model
+    assert seq["examples"] == 40 and seq["seeds"] == [10, 11] and len(seq["selected"]["per_seed"]) == 2
+    assert seq["selected"]["per_response"] < seq["init"]["per_response"], seq
     metrics = [json.loads(ln) for ln in (tmp_path / "hop" / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
     assert len(train) == 16
@@ -162,6 +165,45 @@ def test_heldout_reverse_kl_equals_a_per_example_loop(tiny_gpt2, tiny_opt, tiny_
     got = heldout_reverse_kl(tiny_gpt2, tiny_opt, examples, eos, max_prompt_length=16, batch=2)
     assert got == pytest.approx(total / count, rel=1e-5)
     assert heldout_reverse_kl(tiny_gpt2, tiny_gpt2, examples, eos, 16, 2) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sequence_reverse_kl_equals_a_per_example_loop(tiny_gpt2, tiny_opt, tiny_tokenizer):
+    """Batched: one student sample per prompt and seed, sum_t KL(q||p) at its contexts == the same sample drawn
+    and scored one unpadded example at a time; 0 for q = p."""
+    import torch.nn.functional as F
+
+    from benchmark.config import GenerationSettings
+    from benchmark.data import Example
+    from benchmark.sampling import example_generators, sample
+    from benchmark.train import sequence_reverse_kl
+
+    eos, enc = tiny_tokenizer.eos_token_id, tiny_tokenizer.encode
+    prompts = ["Name a fruit.", "List two colors please", "Hi"]
+    examples = [Example(p, "", enc(p), [eos], None) for p in prompts]
+    gen = GenerationSettings(max_new_tokens=5)
+    got = sequence_reverse_kl(tiny_gpt2, tiny_opt, examples, eos, 16, gen, seeds=(3, 4), batch=2)
+    per_seed, lengths = [], []
+    for seed in (3, 4):
+        total = 0.0
+        for i, e in enumerate(examples):
+            ids = torch.tensor([e.prompt_ids])
+            out = sample(tiny_gpt2, ids, torch.ones_like(ids), gen, eos_token_id=eos,
+                         generators=example_generators(seed, [i]))  # fmt: skip
+            n = int(out.lengths[0])
+            full = torch.cat([ids, out.response_ids[:, :n]], dim=1)
+            P = ids.shape[1]
+            with torch.no_grad():
+                lq = F.log_softmax(tiny_gpt2(full).logits[0, P - 1 : P - 1 + n].double(), -1)
+                lp = F.log_softmax(tiny_opt(full).logits[0, P - 1 : P - 1 + n].double(), -1)
+            total += (lq.exp() * (lq - lp)).sum().item()
+            lengths.append(n)
+        per_seed.append(total / len(examples))
+    assert got["per_seed"] == pytest.approx(per_seed, rel=1e-5)
+    assert got["per_response"] == pytest.approx(sum(per_seed) / 2, rel=1e-5)
+    assert got["mean_length"] == pytest.approx(sum(lengths) / len(lengths))
+    assert got["per_token"] == pytest.approx(sum(per_seed) * len(examples) / sum(lengths), rel=1e-5)
+    same = sequence_reverse_kl(tiny_gpt2, tiny_gpt2, examples, eos, 16, gen, seeds=(3,), batch=2)
+    assert same["per_response"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_teacher_logits_cache_computes_each_rollout_once(tiny_gpt2):
