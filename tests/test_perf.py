@@ -174,6 +174,18 @@ def test_perf_gpu_dry_run(tmp_path):
         assert d["tok_per_s"] == pytest.approx(d["tokens"] / d["seconds"])
         assert s["mfu"] == pytest.approx(s["model_flops_per_step"] / s["step_s"] / (r["peak"]["tflops"] * 1e12))
         assert pr["phases"] == 5000 / 16 and pr["hours_1gpu"] == pytest.approx(pr["phases"] * pr["phase_s"] / 3600)
+    # the checks of the first pair of each family: rollout log-probs scored three ways, static-cache decoding
+    first = {p["pair"]: p for p in r["pairs"]}
+    for name in ("gpt2 1.5B>120M", "opt 6.7B>2.7B"):
+        for who in ("student", "teacher"):
+            sc = first[name]["rollout_scoring"][who]
+            assert sc["tokens"] == 4 * 8 and sc["mean_logprob"] < 0 and 0 <= sc["clipped_at_epoch1"] <= 1
+            # bf16 decoding and bf16 forward both differ from fp32, by bf16 rounding only
+            assert 0 < sc["forward_bf16_vs_fp32"]["mean"] < 0.05 and sc["decode_bf16_vs_fp32"]["max"] < 0.1
+    static = first["gpt2 1.5B>120M"]["static_cache"]
+    for v in ("hf_dynamic", "hf_static_eager", "hf_static_compiled", "ours", "ours_teacher_alone"):
+        assert static[v]["tok_per_s"] == pytest.approx(4 * 8 / static[v]["seconds"]), v
+    assert "static_cache" not in first["opt 6.7B>1.3B"] and "rollout_scoring" not in first["opt 6.7B>1.3B"]
     assert "DRY RUN" in proc.stdout
     # perf.py never lists a dry run as a GPU measurement
     assert perf._gpu_section(tmp_path)["result_files"] == []
