@@ -478,16 +478,12 @@ def rescore_rollouts(student, teacher, prompt_ids, prompt_mask, response_ids, re
     rollouts (ref §1.3 step 3 `rollout_logprobs`, step 2 `reward.py`, step 5 `raw_logprobs`/`t_rollout_logprobs`,
     "the re-computation only absorbs fp16 noise"). These are the same forwards the PPO epochs run, so under half
     precision the stored log q equals the first epoch's log q_new and the clip sees ratio = w, not decode noise."""
-    lq = losses.token_logprobs(
-        _response_logits(student, prompt_ids, prompt_mask, response_ids, response_mask),
-        response_ids,
-        generation.temperature,
-    )
-    lp = None
-    if teacher is not None:
-        t_logits = _response_logits(teacher, prompt_ids, prompt_mask, response_ids, response_mask)
-        lp = losses.token_logprobs(t_logits, response_ids) * response_mask
-    return lq * response_mask, lp
+    args = (prompt_ids, prompt_mask, response_ids, response_mask)
+    lq = losses.token_logprobs(_response_logits(student, *args), response_ids, generation.temperature)
+    if teacher is None:
+        return lq * response_mask, None
+    lp = losses.token_logprobs(_response_logits(teacher, *args), response_ids)
+    return lq * response_mask, lp * response_mask
 
 
 @torch.no_grad()
@@ -510,25 +506,28 @@ def collect_rollouts(
         p_ids, p_mask = left_pad(batch, eos_token_id, cfg.max_prompt_length)
         p_ids, p_mask = p_ids.to(dist.device), p_mask.to(dist.device)
         # Each rollout's randomness comes from (seed, global draw index): independent of ranks and chunking.
-        # The teacher decodes beside the student when its log-probs are used: mixing, rewards (PG term) or the
-        # logging sample's rev_kl. The single-step-only ablation without mixing samples the student alone.
-        needs_teacher = cfg.teacher_mixed_alpha > 0 or cfg.policy_gradient or cfg.log_student_sample
+        # log p is needed for w and the rewards (mixing or the PG term). With "forward" scoring the log-probs come
+        # from rescore_rollouts, so the teacher decodes beside the student only to mix; with "decode" scoring it
+        # decodes whenever its log-probs are used. The single-step-only ablation without mixing samples the
+        # student alone either way.
+        forward = cfg.rollout_logprobs == "forward"
+        uses_log_p = cfg.teacher_mixed_alpha > 0 or cfg.policy_gradient
+        decodes_teacher = cfg.teacher_mixed_alpha > 0 if forward else uses_log_p or cfg.log_student_sample
         out = sample(
             student,
             *trim_left_padding(p_ids, p_mask),
             cfg.generation,
             eos_token_id=eos_token_id,
             generators=example_generators(cfg.seed, ids),
-            mix_model=teacher if needs_teacher else None,
+            mix_model=teacher if decodes_teacher else None,
             mix_alpha=cfg.teacher_mixed_alpha,
-            return_logprobs=True,
+            return_logprobs=not forward,
         )
         mask = out.response_mask
         lq, lp = out.student_logprobs, out.teacher_logprobs
-        if cfg.rollout_logprobs == "forward":
-            scores_teacher = cfg.teacher_mixed_alpha > 0 or cfg.policy_gradient  # w and the rewards use log p
+        if forward:
             lq, lp = rescore_rollouts(
-                student, teacher if scores_teacher else None, p_ids, p_mask, out.response_ids, mask, cfg.generation
+                student, teacher if uses_log_p else None, p_ids, p_mask, out.response_ids, mask, cfg.generation
             )
         if lp is None:  # unused by the losses in this configuration; keeps the buffer uniform
             lp = lq
@@ -650,6 +649,14 @@ def minillm_step(
     return {k: _all_reduce_sum(v, dist) for k, v in stats.items()}
 
 
+def _summed_reverse_kl(student, teacher, prompt_ids, prompt_mask, response_ids, response_mask) -> float:
+    """Sum over the masked response positions of the closed-form KL(q || p) (single_step_kl upcasts the logits)."""
+    args = (prompt_ids, prompt_mask, response_ids, response_mask)
+    return losses.single_step_kl(
+        _response_logits(student, *args), _response_logits(teacher, *args), response_mask, num_tokens=1.0
+    ).item()
+
+
 @torch.no_grad()
 def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt_length: int, batch: int) -> float:
     """Token mean of the closed-form KL(q || p) at every position of the held-out gold responses (EOS included):
@@ -669,11 +676,9 @@ def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt
         for i, e in enumerate(chunk):  # right-padded, EOS inside the mask (ref §1.3 mask convention)
             r_ids[i, : len(e.response_ids)] = torch.tensor(e.response_ids)
             r_mask[i, : len(e.response_ids)] = 1.0
-        args = (p_ids.to(device), p_mask.to(device), r_ids.to(device), r_mask.to(device))
-        kl = losses.single_step_kl(
-            _response_logits(student, *args).float(), _response_logits(teacher, *args).float(), args[3], num_tokens=1.0
-        )
-        total, count = total + kl.item(), count + args[3].sum().item()
+        r_mask = r_mask.to(device)
+        kl = _summed_reverse_kl(student, teacher, p_ids.to(device), p_mask.to(device), r_ids.to(device), r_mask)
+        total, count = total + kl, count + r_mask.sum().item()
     return total / max(count, 1.0)
 
 
@@ -708,10 +713,7 @@ def sequence_reverse_kl(
                 eos_token_id=eos_token_id,
                 generators=example_generators(seed, list(range(start, start + len(chunk)))),
             )
-            args = (p_ids, p_mask, out.response_ids, out.response_mask)
-            kl = losses.single_step_kl(
-                _response_logits(student, *args).float(), _response_logits(teacher, *args).float(), args[3], 1.0
-            ).item()
+            kl = _summed_reverse_kl(student, teacher, p_ids, p_mask, out.response_ids, out.response_mask)
             seed_total, tokens = seed_total + kl, tokens + out.response_mask.sum().item()
         per_seed.append(seed_total / len(examples))
         total, responses = total + seed_total, responses + len(examples)
@@ -771,14 +773,19 @@ def train_minillm(
     log = MetricsLog(out / "metrics.jsonl", dist.is_main)
     state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "phase": 0, "best": None, "history": []}
     log.truncate_after(state["step"])
-    heldout = data.split("valid")  # the whole split, for the teacher-forced reverse KL before/after the hop
+    # The hop's reverse KL before ("init") and after ("selected") on the whole validation split, two ways.
+    heldout = data.split("valid")
+    h = state.setdefault("heldout_rev_kl", {"examples": len(heldout)})
+    q = state.setdefault("sequence_rev_kl", {"examples": len(heldout), "seeds": list(SEQUENCE_KL_SEEDS)})
+
+    def measures(model, into: str) -> None:
+        h[into] = heldout_reverse_kl(model, teacher, heldout, eos, cfg.max_prompt_length, micro)
+        q[into] = sequence_reverse_kl(model, teacher, heldout, eos, cfg.max_prompt_length, cfg.generation,
+                                      SEQUENCE_KL_SEEDS, micro)  # fmt: skip
+
     if state["step"] == 0 and not state["history"]:  # the init's validation: the "before" of the hop
         _record_validation(engine, teacher, val, tok, eos, cfg, micro, dist, state, log)
-        kl = heldout_reverse_kl(engine.module, teacher, heldout, eos, cfg.max_prompt_length, micro)
-        state["heldout_rev_kl"] = {"init": kl, "examples": len(heldout)}
-        seq = sequence_reverse_kl(engine.module, teacher, heldout, eos, cfg.max_prompt_length, cfg.generation,
-                                  SEQUENCE_KL_SEEDS, micro)  # fmt: skip
-        state["sequence_rev_kl"] = {"init": seq, "examples": len(heldout), "seeds": list(SEQUENCE_KL_SEEDS)}
+        measures(engine.module, "init")
 
     n_prompts = len(prompts)
     per_rank = cfg.rollouts_per_phase // dist.world_size
@@ -855,15 +862,7 @@ def train_minillm(
             save_checkpoint(engine, out / "checkpoints", steps_done, state, dist)
     pbar.close()
     # The hop's "after": the selected model, in the stage's compute dtype (half on GPU, beside the engine).
-    h = state.setdefault("heldout_rev_kl", {"examples": len(heldout)})
-    q = state.setdefault("sequence_rev_kl", {"examples": len(heldout), "seeds": list(SEQUENCE_KL_SEEDS)})
     dtype = _dtype(cfg.precision, dist.device)
-
-    def measures(model, into: str) -> None:
-        h[into] = heldout_reverse_kl(model, teacher, heldout, eos, cfg.max_prompt_length, micro)
-        q[into] = sequence_reverse_kl(model, teacher, heldout, eos, cfg.max_prompt_length, cfg.generation,
-                                      SEQUENCE_KL_SEEDS, micro)  # fmt: skip
-
     if "init" not in h or "init" not in q:  # resumed from a checkpoint older than these measures: score the init
         measures(load_model(student_path, dist.device, dtype, dropout=False), "init")
     measures(load_model(str(out / "model"), dist.device, dtype, dropout=False), "selected")
