@@ -217,6 +217,21 @@ def measure_decode(student, teacher, device, batch: int, prompt: int, new: int) 
     return {"seconds": tm.seconds, "tokens": tokens, "tok_per_s": tokens / tm.seconds, "model_flops": flops}, rollouts
 
 
+def _scores(model, rollouts, rows: int) -> torch.Tensor:
+    """The rollouts' log-probs under the model's current dtype (train.rescore_rollouts), `rows` sequences at a time."""
+    from benchmark.config import GenerationSettings as G
+    from benchmark.train import rescore_rollouts
+
+    ids, mask, out = rollouts
+    parts = []
+    for i in range(0, ids.shape[0], rows):
+        sl = slice(i, i + rows)
+        parts.append(
+            rescore_rollouts(model, None, ids[sl], mask[sl], out.response_ids[sl], out.response_mask[sl], G())[0]
+        )
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def measure_scoring(student, teacher, rollouts, rows: int = 8) -> dict:
     """bf16 correctness of the stored rollout log-probs (MiniLLMConfig.rollout_logprobs): the decode loop's
@@ -224,21 +239,14 @@ def measure_scoring(student, teacher, rollouts, rows: int = 8) -> dict:
     way) in bf16 and against an fp32 forward of the same weights. `clipped_at_epoch1` is the share of tokens whose
     first-epoch ratio q_new / q_old would leave PPO's [0.8, 1.2] from precision alone if the decode-time log q
     were stored. Random weights give near-uniform distributions, so this is a floor, not a trained model's value."""
-    from benchmark.config import GenerationSettings as G
-    from benchmark.train import rescore_rollouts
-
-    ids, mask, out = rollouts
+    out = rollouts[2]
+    m = out.response_mask.bool()
     res = {}
     for name, model, dec in (("student", student, out.student_logprobs), ("teacher", teacher, out.teacher_logprobs)):
-        fwd, ref = [], []
-        for i in range(0, ids.shape[0], rows):
-            sl = slice(i, i + rows)
-            args = (ids[sl], mask[sl], out.response_ids[sl], out.response_mask[sl], G())
-            fwd.append(rescore_rollouts(model, None, *args)[0])
-            model.float()
-            ref.append(rescore_rollouts(model, None, *args)[0])
-            model.to(torch.bfloat16)
-        fwd, ref, m = torch.cat(fwd), torch.cat(ref), out.response_mask.bool()
+        fwd = _scores(model, rollouts, rows)
+        model.float()  # the same weights in fp32, converted once per model
+        ref = _scores(model, rollouts, rows)
+        model.to(torch.bfloat16)
         d_dec_fwd, d_fwd_ref, d_dec_ref = (dec - fwd)[m].abs(), (fwd - ref)[m].abs(), (dec - ref)[m].abs()
         res[name] = {
             "tokens": int(m.sum()),
