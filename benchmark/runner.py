@@ -341,8 +341,42 @@ def _preflight(scale_name: str) -> None:
         )
 
 
+OVERRIDE_KINDS = ("sft", "minillm", "evaluation")
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """`--set KIND=JSON` options -> {kind: {field: value}}; later options update earlier ones.
+
+    KIND is a stage config (sft -> config.SFTConfig, minillm -> MiniLLMConfig, evaluation -> EvalConfig), JSON an
+    object of its fields, applied on top of the scale's values; changed fields change the stage hashes, so only the
+    stages that depend on them rerun. Example (the larger small-scale hop budget of README "Small scale"):
+        --set minillm='{"rollouts_per_phase": 512, "batch_size": 128, "micro_batch_size": 32, "lr": 1e-4}'
+    """
+    out: dict[str, dict] = {}
+    for item in items:
+        kind, sep, text = item.partition("=")
+        if not sep or kind not in OVERRIDE_KINDS:
+            raise RunError(f"--set {item!r}: expected KIND=JSON with KIND one of {', '.join(OVERRIDE_KINDS)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RunError(
+                f"--set {kind}=...: not valid JSON ({e}); quote it, e.g. --set {kind}='{{\"lr\": 1e-4}}'"
+            ) from None
+        if not isinstance(value, dict):
+            raise RunError(f"--set {kind}=...: expected a JSON object of config fields, got {type(value).__name__}")
+        out.setdefault(kind, {}).update(value)
+    return out
+
+
 def _plan_from_args(args) -> Plan:
-    return build_plan(args.targets, args.scale, retrain_one_step=args.retrain_one_step)
+    overrides = parse_overrides(getattr(args, "overrides", None) or [])
+    try:
+        return build_plan(args.targets, args.scale, retrain_one_step=args.retrain_one_step, overrides=overrides)
+    except TypeError as e:  # dataclasses.replace with a field the config does not have
+        raise RunError(
+            f"--set: {e}; the fields are those of benchmark.config (SFTConfig, MiniLLMConfig, EvalConfig)"
+        ) from None
 
 
 def cmd_plan(args) -> int:
@@ -447,6 +481,14 @@ def add_cli(sub) -> None:
             help="paper scale: train the one-step hops here instead of using MiniLLM's checkpoints",
         )
         p.add_argument("--jobs", type=int, help="concurrent stages (default: 1 per CPU core, 1 on GPU machines)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            metavar="KIND=JSON",
+            help="override stage configs on top of the scale's: KIND is sft, minillm or evaluation, JSON an object of "
+            "its fields (repeatable); only the stages that depend on a changed field rerun",
+        )
         p.add_argument(
             "--prune-checkpoints",
             action="store_true",

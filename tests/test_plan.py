@@ -1,5 +1,7 @@
 """The stage DAG: unique stages, shared prefixes, invalidation, sources at paper scale."""
 
+import json
+
 import pytest
 
 from benchmark.plan import build_plan, describe, stage_status
@@ -99,3 +101,36 @@ def test_status_and_describe(tmp_path):
     assert stage_status(data, tmp_path) == "resume"
     (d / "DONE.json").write_text("{}")
     assert stage_status(data, tmp_path) == "done"
+
+
+def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
+    from benchmark.__main__ import main
+    from benchmark.runner import RunError, parse_overrides
+
+    assert parse_overrides(['minillm={"lr": 1e-4, "batch_size": 32}', 'minillm={"lr": 2e-4}', "sft={}"]) == {
+        "minillm": {"lr": 2e-4, "batch_size": 32},
+        "sft": {},
+    }
+    for bad, words in (
+        ("minilm={}", "KIND one of sft, minillm, evaluation"),
+        ("minillm", "KIND one of"),
+        ("minillm={lr: 1}", "not valid JSON"),
+        ("minillm=[1]", "expected a JSON object"),
+    ):
+        with pytest.raises(RunError, match=words):
+            parse_overrides([bad])
+    # the printed plan runs the hops and evaluations with the changed field, and the default plan does not
+    big = '{"rollouts_per_phase": 512, "batch_size": 128, "micro_batch_size": 32}'
+    assert main(["plan", "gpt2/1.5B>120M", "--scale", "small", "--set", f"minillm={big}"]) == 0
+    changed = capsys.readouterr().out
+    assert main(["plan", "gpt2/1.5B>120M", "--scale", "small"]) == 0
+    default = capsys.readouterr().out
+    hop = build_plan(["gpt2/1.5B>120M"], "small", overrides={"minillm": json.loads(big)})
+    distill = next(s for s in hop.stages.values() if s.kind == "distill")
+    assert distill.config["minillm"]["rollouts_per_phase"] == 512 and distill.dirname in changed
+    assert distill.dirname not in default
+    # a field the config does not have, or a value it rejects, is a clear error (exit 2), not a traceback
+    assert main(["plan", "all", "--scale", "small", "--set", 'minillm={"lrr": 1}']) == 2
+    assert "unexpected keyword argument 'lrr'" in capsys.readouterr().err
+    assert main(["plan", "all", "--scale", "small", "--set", 'minillm={"rollouts_per_phase": 100}']) == 2
+    assert "multiple of batch_size" in capsys.readouterr().err
