@@ -457,6 +457,11 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 dropout=False,
             ),
             minillm=dict(
+                # The hop budget is what the 30-minute smoke can hold, and it is too small for the reverse KL to fall
+                # reliably (7 of 14 hops): at this scale the sign is set by the number of distinct rollouts a hop learns
+                # from. 1024 per hop (rollouts_per_phase 512, batch_size 128, micro_batch_size 32, total_steps 32,
+                # lr 1e-4) lowers MiniLLM's sequence-level reverse KL in 13 of 14 hops but adds ~7 min of stages
+                # (paper_tables/small/hop-budget.md; `--set minillm=...` runs it).
                 total_steps=64,
                 rollouts_per_phase=64,
                 batch_size=16,
