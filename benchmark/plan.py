@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark import registry
-from benchmark.config import EvalConfig, MiniLLMConfig, SFTConfig, config_hash, for_scale, to_dict
+from benchmark.config import ConfigError, EvalConfig, MiniLLMConfig, SFTConfig, config_hash, for_scale, to_dict
 
 PLAN_VERSION = 1
 
@@ -81,6 +81,15 @@ class Plan:
         return out
 
 
+def _merged(scale_values: dict, override: dict) -> dict:
+    """The scale's config values updated by an override; a nested `generation` dict updates the scale's one field by
+    field (overriding the temperature keeps the scale's max_new_tokens)."""
+    out = scale_values | override
+    if isinstance(scale_values.get("generation"), dict) and isinstance(override.get("generation"), dict):
+        out["generation"] = scale_values["generation"] | override["generation"]
+    return out
+
+
 def build_plan(
     names: list[str], scale_name: str, *, retrain_one_step: bool = False, overrides: dict[str, dict] | None = None
 ) -> Plan:
@@ -91,6 +100,12 @@ def build_plan(
     """
     sc = registry.scale(scale_name)
     overrides = overrides or {}
+    per_model = {"lr", "select_by"} & set(overrides.get("sft", {}))
+    if per_model:
+        raise ConfigError(
+            f"sft override of {', '.join(sorted(per_model))}: set per model, not per run (the SFT learning rate is "
+            "ModelSpec.sft_lr in benchmark/registry.py; the teacher selects by ROUGE-L, inits by validation loss)"
+        )
     entries = registry.select(names)
     stages: dict[str, Stage] = {}
 
@@ -129,8 +144,8 @@ def build_plan(
         cfg = {"role": role, "size": size, "model": dataclasses.asdict(spec), "sft": to_dict(sft)}
         return add(Stage("sft", f"sft-{family}-{size}-{role}", family, cfg, inputs={"data": data_ids[family]}))
 
-    minillm = for_scale(MiniLLMConfig, sc.minillm | overrides.get("minillm", {}))
-    evaluation = for_scale(EvalConfig, sc.evaluation | overrides.get("evaluation", {}))
+    minillm = for_scale(MiniLLMConfig, _merged(sc.minillm, overrides.get("minillm", {})))
+    evaluation = for_scale(EvalConfig, _merged(sc.evaluation, overrides.get("evaluation", {})))
 
     def final_stage(family: str, path: tuple[str, ...]) -> str:
         """The stage whose output is the last model of `path` (recursively: the teacher of a hop is the final

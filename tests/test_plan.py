@@ -134,3 +134,13 @@ def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
     assert "unexpected keyword argument 'lrr'" in capsys.readouterr().err
     assert main(["plan", "all", "--scale", "small", "--set", 'minillm={"rollouts_per_phase": 100}']) == 2
     assert "multiple of batch_size" in capsys.readouterr().err
+
+
+def test_overrides_keep_the_scales_nested_generation_settings_and_refuse_per_model_sft_fields():
+    from benchmark.config import ConfigError
+
+    plan = build_plan(["gpt2/1.5B>120M"], "small", overrides={"minillm": {"generation": {"temperature": 0.7}}})
+    gen = next(s for s in plan.stages.values() if s.kind == "distill").config["minillm"]["generation"]
+    assert gen["temperature"] == 0.7 and gen["max_new_tokens"] == 48  # the scale's 48, not the default 256
+    with pytest.raises(ConfigError, match="ModelSpec.sft_lr"):
+        build_plan(["gpt2"], "small", overrides={"sft": {"lr": 1e-3}})
