@@ -245,17 +245,26 @@ _PAPER_PARAMS_B = {
 }
 
 
+def _hop_budget_ratio(stage: Stage, scale_name: str) -> float:
+    """Rollout-epochs of a distill stage (steps x global batch) relative to its scale's default hop, so that a hop
+    run with `--set minillm=...` is estimated at its own size."""
+    default = for_scale(MiniLLMConfig, registry.scale(scale_name).minillm)
+    cfg = stage.config["minillm"]
+    return cfg["total_steps"] * cfg["batch_size"] / (default.total_steps * default.batch_size)
+
+
 def stage_cost(stage: Stage, scale_name: str) -> str:
     if stage.source:
         return "download"
-    if scale_name == "small":
-        return f"~{_SMALL_SECONDS[stage.kind]} s CPU"
-    if scale_name == "tiny":
-        return f"~{_TINY_SECONDS[stage.kind]} s CPU"
+    if scale_name in ("small", "tiny"):
+        seconds = (_SMALL_SECONDS if scale_name == "small" else _TINY_SECONDS)[stage.kind]
+        if stage.kind == "distill":  # about half of a default hop is its before/after measures, half is training
+            seconds = seconds / 2 * (1 + _hop_budget_ratio(stage, scale_name))
+        return f"~{seconds:.0f} s CPU"
     if stage.kind == "distill":
         path = stage.config["path"]
         params = _PAPER_PARAMS_B[path[-1]] + _PAPER_PARAMS_B[path[-2]]
-        return f"~{20 * params:.0f} V100-GPU-h"
+        return f"~{20 * params * _hop_budget_ratio(stage, scale_name):.0f} V100-GPU-h"
     if stage.kind == "evaluate":
         return "~1 GPU-h"
     return "minutes" if stage.kind == "data" else "hours (SFT)"

@@ -129,6 +129,8 @@ def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
     distill = next(s for s in hop.stages.values() if s.kind == "distill")
     assert distill.config["minillm"]["rollouts_per_phase"] == 512 and distill.dirname in changed
     assert distill.dirname not in default
+    # its cost estimate follows the hop's size: 64 steps x 128 is 8x the default 64 x 16 rollout-epochs
+    assert f"{distill.dirname:<48} ~135 s CPU" in changed and "~30 s CPU" in default
     # a field the config does not have, or a value it rejects, is a clear error (exit 2), not a traceback
     assert main(["plan", "all", "--scale", "small", "--set", 'minillm={"lrr": 1}']) == 2
     assert "unexpected keyword argument 'lrr'" in capsys.readouterr().err
