@@ -329,6 +329,13 @@ def _response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _sequence_reverse_kls(student, teacher, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """Per response, the closed-form KL(q || p) summed over its masked positions: [batch] (losses upcasts the
+    logits). The validation log, the held-out measure and the sequence-level measure all go through it."""
+    args = (prompt_ids, prompt_mask, response_ids, response_mask)
+    return losses.sequence_reverse_kl(_response_logits(student, *args), _response_logits(teacher, *args), response_mask)
+
+
 @torch.no_grad()
 def validate(
     model,
@@ -369,9 +376,7 @@ def validate(
         for i, text in zip(chunk, texts):
             preds[i] = postprocess(text, tokenizer.eos_token)
         if teacher is not None:
-            s_logits = _response_logits(model, p_ids, p_mask, out.response_ids, out.response_mask)
-            t_logits = _response_logits(teacher, p_ids, p_mask, out.response_ids, out.response_mask)
-            seq_kl = losses.sequence_reverse_kl(s_logits.float(), t_logits.float(), out.response_mask)
+            seq_kl = _sequence_reverse_kls(model, teacher, p_ids, p_mask, out.response_ids, out.response_mask)
             kls.update(zip(chunk, seq_kl.cpu().tolist()))
     gathered: list = [None] * dist.world_size
     torch.distributed.all_gather_object(gathered, (preds, kls))
@@ -649,14 +654,6 @@ def minillm_step(
     return {k: _all_reduce_sum(v, dist) for k, v in stats.items()}
 
 
-def _summed_reverse_kl(student, teacher, prompt_ids, prompt_mask, response_ids, response_mask) -> float:
-    """Sum over the masked response positions of the closed-form KL(q || p) (single_step_kl upcasts the logits)."""
-    args = (prompt_ids, prompt_mask, response_ids, response_mask)
-    return losses.single_step_kl(
-        _response_logits(student, *args), _response_logits(teacher, *args), response_mask, num_tokens=1.0
-    ).item()
-
-
 @torch.no_grad()
 def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt_length: int, batch: int) -> float:
     """Token mean of the closed-form KL(q || p) at every position of the held-out gold responses (EOS included):
@@ -677,8 +674,8 @@ def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt
             r_ids[i, : len(e.response_ids)] = torch.tensor(e.response_ids)
             r_mask[i, : len(e.response_ids)] = 1.0
         r_mask = r_mask.to(device)
-        kl = _summed_reverse_kl(student, teacher, p_ids.to(device), p_mask.to(device), r_ids.to(device), r_mask)
-        total, count = total + kl, count + r_mask.sum().item()
+        kl = _sequence_reverse_kls(student, teacher, p_ids.to(device), p_mask.to(device), r_ids.to(device), r_mask)
+        total, count = total + kl.sum().item(), count + r_mask.sum().item()
     return total / max(count, 1.0)
 
 
@@ -713,8 +710,8 @@ def sequence_reverse_kl(
                 eos_token_id=eos_token_id,
                 generators=example_generators(seed, list(range(start, start + len(chunk)))),
             )
-            kl = _summed_reverse_kl(student, teacher, p_ids, p_mask, out.response_ids, out.response_mask)
-            seed_total, tokens = seed_total + kl, tokens + out.response_mask.sum().item()
+            kl = _sequence_reverse_kls(student, teacher, p_ids, p_mask, out.response_ids, out.response_mask)
+            seed_total, tokens = seed_total + kl.sum().item(), tokens + out.response_mask.sum().item()
         per_seed.append(seed_total / len(examples))
         total, responses = total + seed_total, responses + len(examples)
     return {
