@@ -199,10 +199,19 @@ class EvalConfig:
 def for_scale(cls, overrides: dict[str, Any], **extra):
     """`cls()` with a scale's overrides applied; nested `generation` dicts update the nested settings."""
     kw = dict(overrides) | extra
+    _known_fields(cls, kw)
     if "generation" in kw and isinstance(kw["generation"], dict):
-        base = cls().generation
-        kw["generation"] = dataclasses.replace(base, **kw["generation"])
+        _known_fields(GenerationSettings, kw["generation"], f"{cls.__name__}.generation")
+        kw["generation"] = dataclasses.replace(cls().generation, **kw["generation"])
     return dataclasses.replace(cls(), **kw)
+
+
+def _known_fields(cls, values: dict, name: str = "") -> None:
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
+    _check(
+        not unknown, f"{name or cls.__name__} has no field {', '.join(map(repr, unknown))}; fields: {', '.join(fields)}"
+    )
 
 
 def to_dict(cfg) -> dict:
