@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 
 from benchmark import BenchmarkError
+from benchmark.runner import LAUNCHER_VARS
 
 SCHEMA = "mskd-bench.perf/1"
 SECTIONS = ("rollouts", "training", "trl", "evaluation")
@@ -681,7 +682,7 @@ def _worker_env() -> dict:
     )
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for k in LAUNCHER_VARS:
         env.pop(k, None)  # each worker is a lone single-process run
     return env
 

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -70,10 +71,42 @@ def _gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _command(stage: Stage, stage_dir: Path, gpus: int) -> list[str]:
-    if gpus and stage.kind in ("sft", "distill"):
-        return ["deepspeed", f"--num_gpus={gpus}", "--module", "benchmark", "_stage", str(stage_dir)]
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gpu_groups(gpus: int, jobs: int) -> list[list[str]]:
+    """One group of GPUs per concurrent stage: 8 GPUs with --jobs 2 -> [0-3], [4-7]. Ids are the ones this run
+    sees (a CUDA_VISIBLE_DEVICES set by the user is honoured)."""
+    if jobs > gpus:
+        raise RunError(f"--jobs {jobs} needs a GPU per concurrent stage; this machine has {gpus}: use --jobs {gpus}")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",")[:gpus] if visible else [str(i) for i in range(gpus)]
+    k = gpus // jobs
+    return [ids[i * k : (i + 1) * k] for i in range(jobs)]
+
+
+def _command(stage: Stage, stage_dir: Path, gpu_group: list[str]) -> list[str]:
+    if gpu_group and stage.kind in ("sft", "distill"):
+        # The launcher takes its GPUs from CUDA_VISIBLE_DEVICES (see _stage_env); a port of its own per stage, so
+        # stages running side by side on one node do not meet at the launcher's default port.
+        return ["deepspeed", "--master_port", str(free_port()), "--module", "benchmark", "_stage", str(stage_dir)]
     return [sys.executable, "-m", "benchmark", "_stage", str(stage_dir)]
+
+
+# Set by a launcher for its ranks. A stage must never inherit them from the process that runs the plan (e.g. a
+# notebook or test that trained in-process): every stage would then rendezvous at the same address.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _stage_env(threads: int, gpu_group: list[str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    if gpu_group:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_group)
+    return env
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -112,13 +145,14 @@ def run_plan(
     gpus = _gpus()
     cores = os.cpu_count() or 1
     jobs = jobs or (1 if gpus else cores)
+    free_groups = _gpu_groups(gpus, jobs) if gpus else [[] for _ in range(jobs)]
     status = {sid: stage_status(s, run_dir) for sid, s in plan.stages.items()}
     priority = _critical_path(plan)
     failed: dict[str, str] = {}
     with RunLock(run_dir):
         todo = [sid for sid, st in status.items() if st in ("run", "resume")]
         bar = tqdm(total=len(todo), desc=f"stages ({plan.scale})", disable=not progress, dynamic_ncols=True)
-        running: dict[Future, str] = {}
+        running: dict[Future, tuple[str, list[str]]] = {}  # -> (stage id, its GPU group)
         threads = max(1, cores // jobs)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             while todo or running:
@@ -142,12 +176,14 @@ def run_plan(
                     stage = plan.stages[sid]
                     stage_dir = write_stage_spec(stage, plan, run_dir)
                     status[sid] = "running"
-                    running[pool.submit(_run_stage, stage, stage_dir, gpus, threads)] = sid
+                    group = free_groups.pop()
+                    running[pool.submit(_run_stage, stage, stage_dir, group, threads)] = (sid, group)
                 if not running:
                     break
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    sid = running.pop(fut)
+                    sid, group = running.pop(fut)
+                    free_groups.append(group)
                     stage = plan.stages[sid]
                     err = fut.result()
                     if err:
@@ -191,18 +227,15 @@ def _critical_path(plan: Plan) -> dict[str, float]:
     return height
 
 
-def _run_stage(stage: Stage, stage_dir: Path, gpus: int, threads: int) -> str | None:
+def _run_stage(stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int) -> str | None:
     """Run one stage in a subprocess; returns None on success or an actionable error message."""
     log = stage_dir / "log.txt"
-    env = os.environ | {
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    cmd, env = _command(stage, stage_dir, gpu_group), _stage_env(threads, gpu_group)
     with log.open("a") as fh:
-        fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(_command(stage, stage_dir, gpus))}\n")
+        gpus = f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if gpu_group else ""
+        fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}{gpus}\n")
         fh.flush()
-        proc = subprocess.run(_command(stage, stage_dir, gpus), stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     if proc.returncode == 0 and (stage_dir / DONE_FILE).exists():
         return None
     hint = (

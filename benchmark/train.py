@@ -64,20 +64,11 @@ class Dist:
         return self.rank == 0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed() -> Dist:
     """Single process without a launcher, or one rank of `deepspeed`/`torchrun`. CPU uses gloo."""
-    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1").items():
+    lone = int(os.environ.get("WORLD_SIZE", "1")) == 1  # no launcher, or a launcher with one process
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0").items():
         os.environ.setdefault(k, v)
-    if "MASTER_PORT" not in os.environ:  # a lone process: any free port (concurrent stages must not collide)
-        os.environ["MASTER_PORT"] = str(free_port())
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -87,8 +78,12 @@ def init_distributed() -> Dist:
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     import deepspeed
 
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    backend = "nccl" if cuda else "gloo"
+    if lone and not torch.distributed.is_initialized():
+        # A lone process rendezvouses with itself through an in-memory store: no TCP port, so concurrent stages
+        # cannot collide on one, whatever MASTER_PORT they inherited.
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)  # adopts the group above; no-op when set up
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")

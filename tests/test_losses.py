@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from benchmark import losses as L
+from benchmark.runner import free_port
 
 
 def _prefix_mask(lengths, width):
@@ -123,12 +123,6 @@ def test_whiten_valid_only_matches_numpy(shift_mean):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _whiten_worker(rank, world_size, port, values, mask, splits, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -145,7 +139,7 @@ def test_whiten_distributed_equals_single_process_on_concatenation(tmp_path, mon
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     values, mask = _values_and_mask()
     splits = [0, 3, 5]  # unequal shares: rank 0 has 3 rows, rank 1 has 2
-    mp.spawn(_whiten_worker, args=(2, _free_port(), values, mask, splits, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_whiten_worker, args=(2, free_port(), values, mask, splits, str(tmp_path)), nprocs=2, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for pad in (True, False):
         got = torch.cat([p[pad] for p in parts])

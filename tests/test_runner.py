@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,19 +15,19 @@ import pytest
 
 from benchmark import results
 from benchmark.plan import build_plan
-from benchmark.runner import RunError, RunLock, run_plan
+from benchmark.runner import RunError, RunLock, _command, _gpu_groups, _stage_env, run_plan
 
 pytestmark = pytest.mark.slow
 ENTRY = "gpt2/1.5B>760M>120M"
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _run_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run_cli(out: Path, *extra: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out), *extra],
         capture_output=True,
         text=True,
-        env=ENV,
+        env=env,
         timeout=600,
     )
 
@@ -34,7 +35,14 @@ def _run_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
-    proc = _run_cli(out)
+    # The runner is started from a process that looks like one rank of a launcher, its MASTER_PORT taken (as after
+    # an in-process training in a notebook or test): the stages, two at a time, must neither inherit nor need it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        launcher_vars = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        env = ENV | launcher_vars | {"MASTER_PORT": str(taken.getsockname()[1])}
+        proc = _run_cli(out, "--jobs", "2", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -191,3 +199,28 @@ def test_merge_keeps_other_entries_and_only_current_stages(tmp_path, with_old):
     merge_results(plan, tmp_path)
     rows = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert sorted((r["entry"], r["stage"]) for r in rows) == [(ENTRY, ev.id), ("opt/13B", "other")]
+
+
+def test_stages_get_their_own_gpu_group_and_launcher_port_and_no_inherited_rendezvous(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _gpu_groups(8, 2) == [["0", "1", "2", "3"], ["4", "5", "6", "7"]]
+    assert _gpu_groups(4, 3) == [["0"], ["1"], ["2"]]  # the fourth GPU idles rather than unbalance the groups
+    with pytest.raises(RunError, match="--jobs 3 needs a GPU per concurrent stage; this machine has 2"):
+        _gpu_groups(2, 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # the user's restriction is kept
+    assert _gpu_groups(4, 2) == [["4", "5"], ["6", "7"]]
+
+    plan = build_plan([ENTRY], "tiny")
+    distill, evaluate = plan.by_kind("distill")[0], plan.by_kind("evaluate")[0]
+    cmd_a, cmd_b = _command(distill, tmp_path, ["4", "5"]), _command(distill, tmp_path, ["6", "7"])
+    assert cmd_a[:2] == ["deepspeed", "--master_port"] and "--num_gpus" not in cmd_a and "--include" not in cmd_a
+    assert cmd_a[2] != cmd_b[2]  # side by side on one node, each launcher on its own port
+    assert _command(evaluate, tmp_path, ["4", "5"])[:3] == [sys.executable, "-m", "benchmark"]
+    assert _command(distill, tmp_path, [])[:3] == [sys.executable, "-m", "benchmark"]  # CPU
+
+    for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)
+    env = _stage_env(3, ["6", "7"])
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} & set(env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "6,7" and env["OMP_NUM_THREADS"] == "3"
+    assert _stage_env(1, [])["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"  # CPU stages: untouched

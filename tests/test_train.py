@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ import torch
 
 from benchmark import registry
 from benchmark.config import MiniLLMConfig, SFTConfig, for_scale
-from benchmark.train import TrainError, free_port, train_minillm, train_sft
+from benchmark.runner import free_port
+from benchmark.train import TrainError, train_minillm, train_sft
 
 pytestmark = pytest.mark.slow
 TINY = registry.scale("tiny")
@@ -302,6 +304,19 @@ def test_world_size_invariance_two_gloo_processes(tiny_chain, tmp_path):
         for key in ("pg_loss", "reg_loss", "pt_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
     _assert_same(_final_weights(tmp_path / "one"), _final_weights(tmp_path / "two"), atol=1e-4)
+
+
+def test_a_lone_process_needs_no_port_even_when_it_inherits_a_taken_one():
+    """One process (no launcher, or a launcher's WORLD_SIZE=1) rendezvouses in memory: stages started side by side
+    cannot collide on a port, whatever MASTER_PORT they inherit (CI once failed that way)."""
+    code = "from benchmark.train import init_distributed; d = init_distributed(); print(d.rank, d.world_size)"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = ENV | dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(taken.getsockname()[1]))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["0", "1"]
 
 
 def test_resume_after_kill_gives_the_same_weights(tiny_chain, tmp_path):
