@@ -508,7 +508,11 @@ def add_cli(sub) -> None:
             action="store_true",
             help="paper scale: train the one-step hops here instead of using MiniLLM's checkpoints",
         )
-        p.add_argument("--jobs", type=int, help="concurrent stages (default: 1 per CPU core, 1 on GPU machines)")
+        p.add_argument(
+            "--jobs",
+            type=int,
+            help="concurrent stages (default: 1 per CPU core; on GPUs 1, and N splits the GPUs into N groups)",
+        )
         p.add_argument(
             "--set",
             dest="overrides",
