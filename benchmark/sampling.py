@@ -83,6 +83,14 @@ def trim_left_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     return ids[:, first:], mask[:, first:]
 
 
+def response_width(response_mask: torch.Tensor) -> int:
+    """Columns up to the batch's longest response. Responses are stored right-padded to max_new_tokens (the padded
+    width is what the reference whitens over); scoring them needs only this many columns, since a causal model's
+    logits at a position do not depend on the padding after it."""
+    live = response_mask.any(0)
+    return int(live.nonzero().max()) + 1 if bool(live.any()) else 1
+
+
 def forward_logits(model, input_ids, attention_mask, logits_to_keep: int | None = None) -> torch.Tensor:
     """One full forward (no cache) with explicit position ids -> logits [B, L or logits_to_keep, V].
 

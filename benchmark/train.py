@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from benchmark import BenchmarkError, losses, registry
@@ -327,6 +328,10 @@ def _response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask
 def _sequence_reverse_kls(student, teacher, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
     """Per response, the closed-form KL(q || p) summed over its masked positions: [batch] (losses upcasts the
     logits). The validation log, the held-out measure and the sequence-level measure all go through it."""
+    from benchmark.sampling import response_width
+
+    width = response_width(response_mask)
+    response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
     args = (prompt_ids, prompt_mask, response_ids, response_mask)
     return losses.sequence_reverse_kl(_response_logits(student, *args), _response_logits(teacher, *args), response_mask)
 
@@ -411,6 +416,17 @@ class Buffer:
     def take(self, idx) -> Buffer:
         return Buffer(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
 
+    def trimmed(self) -> Buffer:
+        """The response columns up to this batch's longest response (`sampling.response_width`): what a micro-batch
+        is scored on. Positions cut are padding in every row, masked out of every loss."""
+        from benchmark.sampling import response_width
+
+        w = response_width(self.response_mask)
+        cut = {
+            f: getattr(self, f)[:, :w] for f in ("response_ids", "response_mask", "old_logprobs", "weights", "rewards")
+        }
+        return dataclasses.replace(self, **cut)
+
     def to(self, device) -> Buffer:
         return Buffer(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
@@ -468,7 +484,10 @@ class TeacherLogitsCache:
             fresh = _response_logits(teacher, sub.prompt_ids, sub.prompt_mask, sub.response_ids, sub.response_mask)
             for i, lg in zip(missing, fresh):
                 self.rows[keys[i]] = lg
-        return torch.stack([self.rows[k] for k in keys])
+        # A row computed in a micro-batch of another width (`Buffer.trimmed`) is cut or zero-padded to this one's:
+        # both widths hold all of the row's own response, and the positions beyond it are masked out.
+        width = mb.response_ids.shape[1]
+        return torch.stack([F.pad(self.rows[k][:width], (0, 0, 0, max(0, width - len(self.rows[k])))) for k in keys])
 
 
 @torch.no_grad()
@@ -478,12 +497,20 @@ def rescore_rollouts(student, teacher, prompt_ids, prompt_mask, response_ids, re
     rollouts (ref §1.3 step 3 `rollout_logprobs`, step 2 `reward.py`, step 5 `raw_logprobs`/`t_rollout_logprobs`,
     "the re-computation only absorbs fp16 noise"). These are the same forwards the PPO epochs run, so under half
     precision the stored log q equals the first epoch's log q_new and the clip sees ratio = w, not decode noise."""
+    from benchmark.sampling import response_width
+
+    full, width = response_ids.shape[1], response_width(response_mask)
+    response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
     args = (prompt_ids, prompt_mask, response_ids, response_mask)
+
+    def padded(x):  # back to the stored width (0 beyond every response, as at masked positions)
+        return F.pad(x * response_mask, (0, full - width))
+
     lq = losses.token_logprobs(_response_logits(student, *args), response_ids, generation.temperature)
     if teacher is None:
-        return lq * response_mask, None
+        return padded(lq), None
     lp = losses.token_logprobs(_response_logits(teacher, *args), response_ids)
-    return lq * response_mask, lp * response_mask
+    return padded(lq), padded(lp)
 
 
 @torch.no_grad()
@@ -628,11 +655,12 @@ def minillm_step(
     stats: dict[str, float] = {}
     for k in range(gas):
         rows = torch.arange(first + k * micro, first + (k + 1) * micro)
+        micro_batch = mb.take(rows).trimmed()  # scored up to its longest response only
         loss, st = _ppo_micro_loss(
             engine,
             teacher,
-            mb.take(rows),
-            adv[rows],
+            micro_batch,
+            adv[rows][:, : micro_batch.response_ids.shape[1]],
             cfg,
             n_tokens,
             pt_rows[rows] if pt_rows is not None else None,

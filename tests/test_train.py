@@ -237,6 +237,45 @@ def test_teacher_logits_cache_computes_each_rollout_once(tiny_gpt2):
     torch.testing.assert_close(second, fresh[[4, 2, 5, 0]], rtol=1e-5, atol=1e-5)
 
 
+def test_micro_batches_are_scored_up_to_their_longest_response(tiny_gpt2):
+    """Responses are stored padded to max_new_tokens; a micro-batch is scored only up to its longest response
+    (`Buffer.trimmed`). Its losses equal the full-width ones, and the teacher-logits cache serves a row computed in
+    a micro-batch of another width (cut or zero-padded; the valid positions are the full-width logits)."""
+    from benchmark import losses
+    from benchmark.train import Buffer, TeacherLogitsCache, _response_logits
+
+    g = torch.Generator().manual_seed(1)
+    V, N, T = tiny_gpt2.config.vocab_size, 4, 6
+    r_mask = torch.zeros(N, T)
+    for i, n in enumerate([2, 6, 1, 3]):
+        r_mask[i, :n] = 1.0
+    r = torch.randn(N, T, generator=g) * r_mask
+    buf = Buffer(torch.randint(1, V, (N, 5), generator=g), torch.ones(N, 5, dtype=torch.long),
+                 torch.randint(1, V, (N, T), generator=g), r_mask, r, r.exp(), r, torch.arange(N))  # fmt: skip
+    short, wide = buf.take(torch.tensor([0, 2])).trimmed(), buf.take(torch.tensor([1, 0])).trimmed()
+    assert short.response_ids.shape == (2, 2) and wide.response_ids.shape == (2, 6)
+    assert torch.equal(short.rewards, buf.rewards[[0, 2], :2]) and torch.equal(short.prompt_ids, buf.prompt_ids[[0, 2]])
+
+    with torch.no_grad():
+        full = _response_logits(tiny_gpt2, buf.prompt_ids, buf.prompt_mask, buf.response_ids, buf.response_mask)
+        cut = _response_logits(tiny_gpt2, short.prompt_ids, short.prompt_mask, short.response_ids, short.response_mask)
+    torch.testing.assert_close(cut, full[[0, 2], :2], rtol=1e-5, atol=1e-5)  # causal: padding after changes nothing
+    t_full = full.flip(-1)  # any other distribution will do as the "teacher"
+    kl_full = losses.single_step_kl(full[[0, 2]], t_full[[0, 2]], r_mask[[0, 2]], num_tokens=3.0)
+    kl_cut = losses.single_step_kl(cut, t_full[[0, 2], :2], short.response_mask, num_tokens=3.0)
+    torch.testing.assert_close(kl_cut, kl_full, rtol=1e-5, atol=1e-6)
+
+    cache = TeacherLogitsCache()
+    cache.logits(tiny_gpt2, short)  # rows 0 and 2 computed at width 2
+    served = cache.logits(tiny_gpt2, wide)  # row 0 from the cache, zero-padded to width 6; row 1 fresh
+    assert served.shape == (2, 6, V)
+    torch.testing.assert_close(served[1, :2], full[0, :2], rtol=1e-5, atol=1e-5)
+    assert torch.equal(served[1, 2:], torch.zeros(4, V))  # beyond row 0's response: masked out of every loss
+    torch.testing.assert_close(served[0], full[1], rtol=1e-5, atol=1e-5)
+    one = cache.logits(tiny_gpt2, buf.take(torch.tensor([2])).trimmed())  # width 1: row 2 cut from width 2
+    torch.testing.assert_close(one[0], full[2, :1], rtol=1e-5, atol=1e-5)
+
+
 def test_teacher_logits_cache_matches_recompute(tiny_chain, tmp_path):
     """Caching the single-step term's teacher logits across PPO epochs changes nothing but float summation order:
     the same per-step losses and the same weights as the reference's recomputation every epoch. Same for the
