@@ -457,19 +457,18 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 dropout=False,
             ),
             minillm=dict(
-                # The hop budget is what the 30-minute smoke can hold, and it is too small for the reverse KL to fall
-                # reliably (7 of 14 hops): at this scale the sign is set by the number of distinct rollouts a hop learns
-                # from. 1024 per hop (rollouts_per_phase 512, batch_size 128, micro_batch_size 32, total_steps 32,
-                # lr 1e-4) lowers MiniLLM's sequence-level reverse KL in 13 of 14 hops but adds ~7 min of stages
-                # (paper_tables/small/hop-budget.md; `--set minillm=...` runs it).
-                total_steps=64,
-                rollouts_per_phase=64,
-                batch_size=16,
-                # Measured on the held-out teacher-forced reverse KL (README "Small scale"): with well-fit SFT
-                # students, 2e-4 and 1e-4 raised it by 1-3 % (the 4 PPO epochs overfit each phase's 64 rollouts of
-                # ~5 response tokens); 3e-5 lowered it in 4 of 5 pairs tried, every change within 2 %.
-                lr=3e-5,
-                warmup_steps=8,
+                # The hop budget: 2048 distinct rollouts (2 phases of 1024, batch 256, 4 PPO epochs, 32 steps, lr
+                # 1e-4). At this scale the sign of a hop's reverse-KL change is set by how many distinct rollouts it
+                # learns from (paper_tables/small/hop-budget.md): 256 per hop (the previous budget: 4 x 64, batch 16,
+                # lr 3e-5) lowered MiniLLM's sequence-level reverse KL in 7 of 14 hops, 1024 in 13 of 14, 2048 in all
+                # 14 (and the held-out teacher-forced KL in all 14). Learning rates: 3e-5 to 3e-4 did not change
+                # that picture at 256 rollouts; 1e-4 is what the 1024/2048 runs used.
+                total_steps=32,
+                rollouts_per_phase=1024,
+                batch_size=256,
+                micro_batch_size=32,  # memory/speed only: the same numbers, a CPU phase ~2x faster than 256 at once
+                lr=1e-4,
+                warmup_steps=2,
                 eval_interval=32,
                 val_examples=64,
                 max_prompt_length=128,
@@ -478,6 +477,10 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 precision="fp32",
                 checkpoint_interval=16,
                 log_student_sample=False,
+                # fp32 here, so the decode loop's log-probs equal the reference's rescoring forward up to float
+                # summation order (config.MiniLLMConfig.rollout_logprobs; measured 9e-7 relative on a whole phase)
+                # and the rollouts cost one student and one teacher forward less.
+                rollout_logprobs="decode",
                 # No PT loss here: SFT at these learning rates makes the models forget the PT corpus they were
                 # pretrained on (the PT term started hops at ~5.7 nats, against ~0.65 at the end of pretraining),
                 # so the term re-trained language modelling instead of preserving it and raised the reverse KL to
