@@ -231,7 +231,7 @@ def stage_status(stage: Stage, run_dir: Path) -> str:
 # Paper-scale figures are GPU-hours projected from the paper's report (GPT-2 120M from the 1.5B teacher in under
 # 10 h on four V100s; OPT 2.7B from the 6.7B TA in about 40 h on four V100s), proportional to the parameters of
 # student + teacher: about 20 V100-hours per billion parameters for 5000 steps.
-_SMALL_SECONDS = {"data": 5, "sft": 170, "distill": 90, "evaluate": 30}  # means of the 2026-11-29 smoke run, 1 thread
+_SMALL_SECONDS = {"data": 7, "sft": 180, "distill": 86, "evaluate": 27}  # means of the 2026-11-29 smoke run, 1 thread
 _TINY_SECONDS = {"data": 2, "sft": 8, "distill": 10, "evaluate": 6}
 _PAPER_PARAMS_B = {
     "1.5B": 1.56,
@@ -258,8 +258,8 @@ def stage_cost(stage: Stage, scale_name: str) -> str:
         return "download"
     if scale_name in ("small", "tiny"):
         seconds = (_SMALL_SECONDS if scale_name == "small" else _TINY_SECONDS)[stage.kind]
-        if stage.kind == "distill":  # about 30 % of a default small hop is its before/after measures, 70 % training
-            seconds = seconds * (0.3 + 0.7 * _hop_budget_ratio(stage, scale_name))
+        if stage.kind == "distill":  # a third of a default small hop is its before/after measures, the rest training
+            seconds = seconds * (1 + 2 * _hop_budget_ratio(stage, scale_name)) / 3
         return f"~{seconds:.0f} s CPU"
     if stage.kind == "distill":
         path = stage.config["path"]
