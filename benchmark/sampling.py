@@ -91,6 +91,21 @@ def response_width(response_mask: torch.Tensor) -> int:
     return int(live.nonzero().max()) + 1 if bool(live.any()) else 1
 
 
+def labelled_logits(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    """The logits at the positions that carry a label, [N, V] in row-major order: `forward_logits(...)[:, :-1]` at
+    `labels != -100` (labels aligned, position t predicts labels[:, t]), with the LM head and the loss spared the
+    prompt and padding positions (at the small scale's vocabulary the head is most of a narrow model's compute).
+    Same values up to float summation order. `model` may be a DeepSpeed engine (its module's submodules are called)."""
+    lm = getattr(model, "module", model)
+    hidden = lm.base_model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    return lm.get_output_embeddings()(hidden[:, :-1][labels != -100])
+
+
 def forward_logits(model, input_ids, attention_mask, logits_to_keep: int | None = None) -> torch.Tensor:
     """One full forward (no cache) with explicit position ids -> logits [B, L or logits_to_keep, V].
 

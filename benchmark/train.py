@@ -986,15 +986,15 @@ def _sft_batch(examples, max_length: int, pad_id: int, device):
 @torch.no_grad()
 def _val_loss(model, examples, cfg: SFTConfig, pad_id: int, dist: Dist, batch: int) -> float:
     """Token-mean response CE (EOS included) on the validation split: selects the student inits (ref §2.4)."""
-    from benchmark.sampling import forward_logits
+    from benchmark.sampling import labelled_logits
 
     was = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(dist.rank * batch, len(examples), batch * dist.world_size):
         ids, mask, labels = _sft_batch(examples[start : start + batch], cfg.max_length, pad_id, dist.device)
-        logits = forward_logits(model, ids, mask)[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+        logits = labelled_logits(model, ids, mask, labels).float()
+        nll = torch.nn.functional.cross_entropy(logits, labels[labels != -100], reduction="sum")
         total, count = total + nll.item(), count + int((labels != -100).sum())
     model.train(was)
     return _all_reduce_sum(total, dist) / max(1.0, _all_reduce_sum(count, dist))
@@ -1007,7 +1007,7 @@ def train_sft(
     train split; returns OUT/model, the checkpoint with the best validation loss (or ROUGE-L for a teacher).
     A model built here from scratch first takes `cfg.pretrain_steps` LM steps on the prepared PT chunks."""
     from benchmark.data import load_prepared
-    from benchmark.sampling import forward_logits
+    from benchmark.sampling import labelled_logits
 
     out = Path(out_dir)
     dist = init_distributed()
@@ -1092,8 +1092,8 @@ def train_sft(
         for m in range(gas):
             lo = (dist.rank * gas + m) * micro
             sl = slice(lo, lo + micro)
-            logits = forward_logits(engine, ids[sl], mask[sl])[:, :-1].float()
-            loss = losses.lm_cross_entropy(logits, labels[sl], num_tokens=n_tokens)
+            logits = labelled_logits(engine, ids[sl], mask[sl], labels[sl]).float()  # [tokens, V]
+            loss = losses.lm_cross_entropy(logits, labels[sl][labels[sl] != -100], num_tokens=n_tokens)
             _check_finite(loss, step, {}, out)
             engine.backward(loss * dist.world_size, scale_wrt_gas=False)
             engine.step()

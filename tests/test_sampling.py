@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config
 
 from benchmark.config import GenerationSettings
-from benchmark.sampling import example_generators, forward_logits, left_pad, position_ids, sample
+from benchmark.sampling import example_generators, forward_logits, labelled_logits, left_pad, position_ids, sample
 
 PROMPTS = [
     "Below is an instruction.\n\n### Instruction:\nwhat is the cat?\n\n### Response:\n",
@@ -54,6 +54,30 @@ def _fixed(logits: torch.Tensor) -> Stub:
 # ----------------------------------------------------------------------------------------------------------------
 # Padding and positions
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["tiny_gpt2", "tiny_opt"])
+def test_labelled_logits_equal_the_full_forward_at_labelled_positions(family, request):
+    """SFT's loss needs the logits where a label is (the response); computing the LM head only there gives the full
+    forward's values and the same gradients (right padding and unlabelled prompts as in train._sft_batch)."""
+    model = request.getfixturevalue(family)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, model.config.vocab_size, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = mask[2, 5:] = 0  # right padding
+    labels = ids[:, 1:].clone()
+    labels[:, :3] = -100  # prompt
+    labels[mask[:, 1:] == 0] = -100
+    labels[1, 5] = -100  # a hole (an ignored token) in between
+    full = forward_logits(model, ids, mask)[:, :-1]
+    kept = labelled_logits(model, ids, mask, labels)
+    assert kept.shape == ((labels != -100).sum().item(), model.config.vocab_size)
+    torch.testing.assert_close(kept, full[labels != -100], rtol=1e-5, atol=1e-5)
+    loss_full = F.cross_entropy(full.transpose(1, 2), labels, ignore_index=-100)
+    loss_kept = F.cross_entropy(kept, labels[labels != -100])
+    grads = [torch.autograd.grad(loss, list(model.parameters())) for loss in (loss_full, loss_kept)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_left_pad_and_positions():
