@@ -441,7 +441,7 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 # The models are built from scratch, so they first learn the language as GPT-2/OPT did: 200 LM
                 # steps on the synthetic PT corpus (the world's encyclopedia), then 800 SFT steps. Without it
                 # (1000 SFT steps) greedy validation ROUGE-L stayed at 5-12 for every size and did not order the
-                # sizes; with it GPT-2 reaches 62 / 58 / 50 / 34 and OPT 58 / 51 / 41 / 26 (README "Small scale").
+                # sizes; with it GPT-2 reaches 62 / 61 / 50 / 38 and OPT 56 / 51 / 40 / 22 (README "Small scale").
                 pretrain_steps=200,
                 total_steps=800,
                 # a short warmup lets these from-scratch models take learning rates 2-3x the reference's 1e-3 range
