@@ -382,8 +382,9 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
     KIND is a stage config (sft -> config.SFTConfig, minillm -> MiniLLMConfig, evaluation -> EvalConfig), JSON an
     object of its fields, applied on top of the scale's values; changed fields change the stage hashes, so only the
-    stages that depend on them rerun. Example (the larger small-scale hop budget of README "Small scale"):
-        --set minillm='{"rollouts_per_phase": 512, "batch_size": 128, "micro_batch_size": 32, "lr": 1e-4}'
+    stages that depend on them rerun. Example (1024-rollout hops at small scale, half the default budget; README
+    "Small scale" gives the previous 256-rollout one):
+        --set minillm='{"rollouts_per_phase": 512, "batch_size": 128}'
     """
     out: dict[str, dict] = {}
     for item in items:

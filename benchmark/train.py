@@ -993,9 +993,10 @@ def _val_loss(model, examples, cfg: SFTConfig, pad_id: int, dist: Dist, batch: i
     total, count = 0.0, 0
     for start in range(dist.rank * batch, len(examples), batch * dist.world_size):
         ids, mask, labels = _sft_batch(examples[start : start + batch], cfg.max_length, pad_id, dist.device)
-        logits = labelled_logits(model, ids, mask, labels).float()
-        nll = torch.nn.functional.cross_entropy(logits, labels[labels != -100], reduction="sum")
-        total, count = total + nll.item(), count + int((labels != -100).sum())
+        targets = labels[labels != -100]
+        logits = labelled_logits(model, ids, mask, labels).float()  # [len(targets), V]
+        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        total, count = total + nll.item(), count + len(targets)
     model.train(was)
     return _all_reduce_sum(total, dist) / max(1.0, _all_reduce_sum(count, dist))
 
