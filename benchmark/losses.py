@@ -3,10 +3,11 @@
 Each function names the place of microsoft/LMOps `minillm/` it mirrors (described in
 `shared/research/minillm-reference.md`, cited "ref §N") and every quirk kept on purpose. The trainer is thin glue:
 
-    r = rewards(log_p, log_q, mask, cfg.reward_scaling, cfg.cliprange_reward)          # stored per rollout
-    w = importance_weights(log_q, log_p, cfg.teacher_mixed_alpha)                      # stored per rollout
-    A = whiten(minillm_advantages(r, mask, cfg.gamma, cfg.length_normalization), mask, cfg.whiten_include_padding)
-    loss = ppo_clip_loss(token_logprobs(logits, response), log_q, w, A, mask, cfg.cliprange, n_global)
+    r = rewards(log_p, log_q, mask, reward_scaling=cfg.reward_scaling, cliprange_reward=cfg.cliprange_reward)
+    w = importance_weights(log_q, log_p, cfg.teacher_mixed_alpha)                      # r and w: stored per rollout
+    A = minillm_advantages(r, mask, cfg.gamma, cfg.length_normalization)
+    A = whiten(A, mask, include_padding=cfg.whiten_include_padding, shift_mean=True, distributed=False)
+    loss = ppo_clip_loss(token_logprobs(logits, response), log_q, w, A, mask, clip=cfg.cliprange, num_tokens=n_global)
     loss += single_step_kl(logits, teacher_logits, mask, n_global)
     loss += cfg.pt_coef * pt_loss(pt_logits, pt_teacher_logits, pt_labels, cfg.kd_ratio, n_pt_global)
 
@@ -21,6 +22,9 @@ Conventions shared by every function:
   the reference's per-micro-batch mean. The trainer passes the valid-token count of the whole global mini-batch
   (all micro-batches, all ranks), so that summing the micro-batch losses (gradient accumulation, DDP averaging
   scaled by the world size) gives the true token mean of the mini-batch whatever the micro-batch split.
+- Every setting that has a reference value (reward scaling and clip, whitening, PPO clip) is a required keyword
+  argument with no default: a caller states the value it uses (the trainer passes its `MiniLLMConfig` fields), so a
+  wrong default cannot silently reach training.
 - Logits are assumed finite. The reference masks `-inf` vocabulary entries (`inf_mask`, produced only by top-k/top-p
   warpers during sampling); every MiniLLM script samples with top_k 0 and top_p 1.0, so no entry is ever `-inf` and
   that masking is not mirrored.
@@ -59,8 +63,9 @@ def rewards(
     teacher_logprobs: torch.Tensor,
     student_logprobs: torch.Tensor,
     mask: torch.Tensor,
-    reward_scaling: float = 0.5,
-    cliprange_reward: float = 100.0,
+    *,
+    reward_scaling: float,
+    cliprange_reward: float,
 ) -> torch.Tensor:
     """Per-token reward r_t = clip((log p(y_t) - log q(y_t)) / reward_scaling, -cliprange_reward, +cliprange_reward).
 
@@ -139,9 +144,10 @@ def minillm_advantages(
 def whiten(
     values: torch.Tensor,
     mask: torch.Tensor,
-    include_padding: bool = True,
-    shift_mean: bool = True,
-    distributed: bool = True,
+    *,
+    include_padding: bool,
+    shift_mean: bool,
+    distributed: bool,
 ) -> torch.Tensor:
     """(x - mean) / sqrt(var + 1e-8), with mean and variance over the whole (possibly distributed) batch.
 
@@ -153,13 +159,14 @@ def whiten(
       computes in every run: DeepSpeed always initialises torch.distributed, so `whiten` takes the
       `get_global_statistics` branch (`sum((x - global_mean)^2) / count`); its `torch.var_mean` (unbiased) fallback
       is never reached.
-    - Distributed: if torch.distributed is initialised, sum and count, then the sum of squared deviations from the
-      global mean, are all-reduced over the default group (two all-reduces, as the reference). Statistics are
-      accumulated in float64, so the result equals single-process whitening of the rank-concatenated batch up to
-      float64 summation order, for any world size. Every rank must call it (collective).
+    - `distributed=True`: if torch.distributed is initialised, sum and count, then the sum of squared deviations
+      from the global mean, are all-reduced over the default group (two all-reduces, as the reference). Statistics
+      are accumulated in float64, so the result equals single-process whitening of the rank-concatenated batch up
+      to float64 summation order, for any world size. Every rank must call it (collective).
       `distributed=False` skips the all-reduce: for callers whose every rank already holds the whole batch (the
       trainer gathers the global mini-batch on every rank), local statistics are the global ones.
-    - `shift_mean=False` keeps the reference's meaning: the mean is added back, (x - mean) / std + mean.
+    - `shift_mean=True` is what the trainer uses (the reference's `shift_mean=True`, ref §1.3 "Advantage");
+      `shift_mean=False` keeps the reference's meaning: the mean is added back, (x - mean) / std + mean.
     Every element is transformed, masked ones too; the losses multiply them by mask 0. Statistics carry no
     gradient. At least one counted element is required (else 0/0 gives NaN).
     """
@@ -197,7 +204,8 @@ def ppo_clip_loss(
     weights: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    clip: float = 0.2,
+    *,
+    clip: float,
     num_tokens=None,
 ) -> torch.Tensor:
     """Token mean of max(-A rho, -A clamp(rho, 1 - clip, 1 + clip)), rho = exp((log q_new - log q_old) mask) w.
@@ -223,7 +231,8 @@ def ppo_clip_fraction(
     weights: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    clip: float = 0.2,
+    *,
+    clip: float,
 ) -> torch.Tensor:
     """Logging only: the fraction of valid tokens where the clip binds, i.e. -A clamp(rho) > -A rho strictly
     (A > 0 and rho > 1 + clip, or A < 0 and rho < 1 - clip), which are the tokens with zero PG gradient.

@@ -337,7 +337,7 @@ def measure_step(student, teacher, device, micro: int, prompt: int, new: int, pt
             t_logits = teacher(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=new + 1).logits
         n_tok = resp_mask.sum()
         lp = losses.token_logprobs(s_logits, resp)
-        loss = losses.ppo_clip_loss(lp, old_lp, weights, adv, resp_mask, 0.2, num_tokens=n_tok)
+        loss = losses.ppo_clip_loss(lp, old_lp, weights, adv, resp_mask, clip=0.2, num_tokens=n_tok)
         loss = loss + losses.single_step_kl(s_logits, t_logits[:, :-1].float(), resp_mask, num_tokens=n_tok)
         if pt:
             inp, labels = pt_ids[:, :-1], pt_ids[:, 1:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -18,6 +19,32 @@ from benchmark.runner import free_port
 
 def _prefix_mask(lengths, width):
     return torch.tensor([[1] * n + [0] * (width - n) for n in lengths], dtype=torch.long)
+
+
+# --------------------------------------------------------------------------- required settings
+
+
+def test_reference_valued_settings_are_required_keyword_arguments():
+    """The reward scaling and clip, the whitening switches and the PPO clip have reference values (ref §1.3) that
+    every caller states: no default exists that could silently be wrong (the trainer passes its MiniLLMConfig
+    fields; tests/test_config.py pins those)."""
+    required = {
+        L.rewards: ("reward_scaling", "cliprange_reward"),
+        L.whiten: ("include_padding", "shift_mean", "distributed"),
+        L.ppo_clip_loss: ("clip",),
+        L.ppo_clip_fraction: ("clip",),
+    }
+    for fn, names in required.items():
+        params = inspect.signature(fn).parameters
+        for name in names:
+            p = params[name]
+            assert p.kind is inspect.Parameter.KEYWORD_ONLY, (fn.__name__, name, p.kind)
+            assert p.default is inspect.Parameter.empty, (fn.__name__, name, p.default)
+    x, mask = torch.zeros(1, 2), torch.ones(1, 2)
+    with pytest.raises(TypeError):
+        L.rewards(x, x, mask, 0.5, 100.0)  # positional settings are refused too
+    with pytest.raises(TypeError):
+        L.ppo_clip_loss(x, x, x + 1, x, mask)
 
 
 # --------------------------------------------------------------------------- rewards and importance weights
@@ -108,7 +135,7 @@ def test_whiten_include_padding_matches_numpy(shift_mean):
     values[1, 4] = 5.0  # a non-zero padded element must still count in the statistics
     x = values.double().numpy()
     expected = (x - x.mean()) / np.sqrt(x.var() + 1e-8) + (0 if shift_mean else x.mean())
-    got = L.whiten(values, mask, include_padding=True, shift_mean=shift_mean)
+    got = L.whiten(values, mask, include_padding=True, shift_mean=shift_mean, distributed=True)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -119,7 +146,7 @@ def test_whiten_valid_only_matches_numpy(shift_mean):
     x = values.double().numpy()
     valid = x[mask.numpy().astype(bool)]
     expected = (x - valid.mean()) / np.sqrt(valid.var() + 1e-8) + (0 if shift_mean else valid.mean())
-    got = L.whiten(values, mask, include_padding=False, shift_mean=shift_mean)
+    got = L.whiten(values, mask, include_padding=False, shift_mean=shift_mean, distributed=True)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -129,7 +156,7 @@ def _whiten_worker(rank, world_size, port, values, mask, splits, out_dir):
     try:
         lo, hi = splits[rank], splits[rank + 1]
         v, m = values[lo:hi], mask[lo:hi]
-        out = {pad: L.whiten(v, m, include_padding=pad) for pad in (True, False)}
+        out = {pad: L.whiten(v, m, include_padding=pad, shift_mean=True, distributed=True) for pad in (True, False)}
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -141,11 +168,12 @@ def test_whiten_distributed_equals_single_process_on_concatenation(tmp_path, mon
     splits = [0, 3, 5]  # unequal shares: rank 0 has 3 rows, rank 1 has 2
     mp.spawn(_whiten_worker, args=(2, free_port(), values, mask, splits, str(tmp_path)), nprocs=2, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    kw = dict(shift_mean=True, distributed=True)  # this process: no group, or a world of 1 (local statistics)
     for pad in (True, False):
         got = torch.cat([p[pad] for p in parts])
-        torch.testing.assert_close(got, L.whiten(values, mask, include_padding=pad), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got, L.whiten(values, mask, include_padding=pad, **kw), rtol=1e-6, atol=1e-6)
         # the per-rank (non-reduced) statistics differ, so the test would catch a missing all-reduce
-        assert not torch.allclose(parts[0][pad], L.whiten(values[:3], mask[:3], include_padding=pad), atol=1e-3)
+        assert not torch.allclose(parts[0][pad], L.whiten(values[:3], mask[:3], include_padding=pad, **kw), atol=1e-3)
 
 
 # --------------------------------------------------------------------------- PPO clipped surrogate
@@ -183,16 +211,16 @@ def test_ppo_clip_loss_log_ratio_masked_before_exp():
     garbage = logprobs.detach().clone()
     garbage[0, 6] = 1000.0
     garbage.requires_grad_(True)
-    loss = L.ppo_clip_loss(garbage, old, weights, adv, mask)
+    loss = L.ppo_clip_loss(garbage, old, weights, adv, mask, clip=0.2)
     (grad,) = torch.autograd.grad(loss, garbage)
-    assert loss.item() == pytest.approx(L.ppo_clip_loss(logprobs, old, weights, adv, mask).item(), rel=1e-12)
+    assert loss.item() == pytest.approx(L.ppo_clip_loss(logprobs, old, weights, adv, mask, clip=0.2).item(), rel=1e-12)
     assert torch.isfinite(grad).all()
 
 
 def test_ppo_clip_loss_default_is_micro_batch_token_mean():
     logprobs, old, weights, adv, mask = _ppo_case()
-    assert L.ppo_clip_loss(logprobs, old, weights, adv, mask, num_tokens=3).item() == pytest.approx(
-        L.ppo_clip_loss(logprobs, old, weights, adv, mask).item() * 6 / 3
+    assert L.ppo_clip_loss(logprobs, old, weights, adv, mask, clip=0.2, num_tokens=3).item() == pytest.approx(
+        L.ppo_clip_loss(logprobs, old, weights, adv, mask, clip=0.2).item() * 6 / 3
     )
 
 
@@ -304,7 +332,7 @@ def test_num_tokens_split_halves_sum_to_full_batch_loss():
     adv = torch.randn(4, 6, generator=g, dtype=torch.float64)
     halves = (slice(0, 2), slice(2, 4))
     checks = {
-        "ppo": lambda i, k: L.ppo_clip_loss(logprobs[i], old[i], weights[i], adv[i], mask[i], num_tokens=k),
+        "ppo": lambda i, k: L.ppo_clip_loss(logprobs[i], old[i], weights[i], adv[i], mask[i], clip=0.2, num_tokens=k),
         "kl": lambda i, k: L.single_step_kl(s[i], t[i], mask[i], num_tokens=k),
         "pt": lambda i, k: L.pt_loss(s[i], t[i], labels[i], num_tokens=k),
     }

@@ -1,10 +1,15 @@
 """The stage DAG: unique stages, shared prefixes, invalidation, sources at paper scale."""
 
+import copy
+import dataclasses
 import json
+import typing
 
 import pytest
 
-from benchmark.plan import build_plan, describe, stage_status
+from benchmark import registry
+from benchmark.config import ConfigError, EvalConfig, MiniLLMConfig, SFTConfig, for_scale
+from benchmark.plan import _with_id, build_plan, describe, stage_status
 
 
 def _kinds(plan):
@@ -146,3 +151,151 @@ def test_overrides_keep_the_scales_nested_generation_settings_and_refuse_per_mod
     assert gen["temperature"] == 0.7 and gen["max_new_tokens"] == 48  # the scale's 48, not the default 256
     with pytest.raises(ConfigError, match="ModelSpec.sft_lr"):
         build_plan(["gpt2"], "small", overrides={"sft": {"lr": 1e-3}})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage identity: every setting and every input is in the hash (a stale stage must never be reused silently)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _other_valid(cls, base, name: str):
+    """A value of field `name` different from base's that `cls` accepts (tried in order: validation rejects some,
+    e.g. a rollouts_per_phase that is not a multiple of batch_size)."""
+    value, hint = getattr(base, name), typing.get_type_hints(cls)[name]
+    if isinstance(value, bool):
+        candidates = [not value]
+    elif typing.get_origin(hint) is typing.Literal:
+        candidates = [a for a in typing.get_args(hint) if a != value]
+    elif value is None:  # `int | None` fields
+        candidates = [1, 2, 8]
+    elif isinstance(value, int):
+        candidates = [value + 1, value * 2, value // 2, value - 1]
+    elif isinstance(value, float):
+        candidates = [value / 2, value * 1.5, value + 0.05]
+    elif isinstance(value, tuple):
+        last = value[-1]
+        candidates = [
+            value[:-1] + (last + "x" if isinstance(last, str) else last / 2 if isinstance(last, float) else last + 1,)
+        ]
+    else:
+        raise AssertionError(f"{cls.__name__}.{name}: no rule for a {type(value).__name__} (extend _other_valid)")
+    for new in candidates:
+        if new == value:  # e.g. half of 0.0
+            continue
+        try:
+            dataclasses.replace(base, **{name: new})
+        except ConfigError:
+            continue
+        return new
+    raise AssertionError(f"{cls.__name__}.{name}: no valid other value among {candidates}")
+
+
+def _field_changes(cls, base):
+    """(override, dotted field name, the new value as JSON) for EVERY field of `cls`, nested dataclass fields (the
+    generation settings) one by one: iterated from dataclasses.fields, never listed by hand."""
+    for f in dataclasses.fields(cls):
+        value = getattr(base, f.name)
+        if dataclasses.is_dataclass(value):
+            for g in dataclasses.fields(value):
+                new = _other_valid(type(value), value, g.name)
+                yield {f.name: {g.name: new}}, f"{f.name}.{g.name}", json.loads(json.dumps(new))
+        else:
+            new = _other_valid(cls, base, f.name)
+            yield {f.name: new}, f.name, json.loads(json.dumps(new))
+
+
+def _lookup(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+PER_MODEL_SFT = {"lr", "select_by"}  # set per model and role by the plan (refused as overrides, see above)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls", "stage_kind"),
+    [("sft", SFTConfig, "sft"), ("minillm", MiniLLMConfig, "distill"), ("evaluation", EvalConfig, "evaluate")],
+)
+def test_every_config_field_changes_the_ids_of_the_stages_that_read_it(kind, cls, stage_kind):
+    entries, scale = ["gpt2/1.5B>760M>120M"], registry.scale("tiny")
+    base = build_plan(entries, scale.name)
+    before = {s.id for s in base.by_kind(stage_kind)}
+    assert before
+    scale_cfg = for_scale(cls, {"sft": scale.sft, "minillm": scale.minillm, "evaluation": scale.evaluation}[kind])
+    changes = list(_field_changes(cls, scale_cfg))
+    assert len(changes) >= len(dataclasses.fields(cls))
+    for override, name, new in changes:
+        if kind == "sft" and name in PER_MODEL_SFT:
+            continue
+        plan = build_plan(entries, scale.name, overrides={kind: override})
+        changed = plan.by_kind(stage_kind)
+        assert len(changed) == len(before) and not {s.id for s in changed} & before, f"{kind}.{name} not in the hash"
+        for s in changed:
+            assert _lookup(s.config[kind], name) == new, (s.name, name)
+        assert [s.id for s in plan.by_kind("data")] == [s.id for s in base.by_kind("data")]
+    # the per-model SFT fields are in the stage config, with each model's and role's own value
+    for s in base.by_kind("sft"):
+        assert s.config["sft"]["lr"] == scale.model("gpt2", s.config["size"]).sft_lr
+        assert s.config["sft"]["select_by"] == ("rouge_l" if s.config["role"] == "teacher" else "val_loss")
+
+
+def _leaves(obj, path=()):
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            yield from _leaves(v, (*path, k))
+    else:
+        yield path, obj
+
+
+def _changed_leaf(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, "x"]
+    if isinstance(value, dict):
+        return {"x": 1}
+    assert value is None, value
+    return 0
+
+
+def _replaced(config: dict, path: tuple, new):
+    out = copy.deepcopy(config)
+    node = out
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = new
+    return out
+
+
+def test_every_setting_input_and_source_is_in_the_stage_id():
+    """_with_id hashes the whole stage: every leaf of its config (whatever the kind), every input's id, its source,
+    kind and family. Sourced stages (paper scale) and built ones (tiny) both."""
+    stages = [*build_plan(["gpt2/1.5B>760M>120M"], "tiny").stages.values()]
+    stages += [*build_plan(["gpt2/1.5B>760M>120M", "opt/13B>6.7B>1.3B"], "paper").stages.values()]
+    assert {s.kind for s in stages} == {"data", "sft", "distill", "evaluate"} and any(s.source for s in stages)
+    for s in stages:
+        assert _with_id(dataclasses.replace(s, id="")).id == s.id  # the id is a function of the stage
+        leaves = list(_leaves(s.config))
+        assert leaves and all(path for path, _ in leaves)
+        for path, value in leaves:
+            other = _with_id(dataclasses.replace(s, config=_replaced(s.config, path, _changed_leaf(value))))
+            assert other.id != s.id, (s.name, path)
+        for role in s.inputs:
+            other = _with_id(dataclasses.replace(s, inputs={**s.inputs, role: s.inputs[role][::-1]}))
+            assert other.id != s.id, (s.name, role)
+            dropped = _with_id(dataclasses.replace(s, inputs={k: v for k, v in s.inputs.items() if k != role}))
+            assert dropped.id != s.id, (s.name, role)
+        for field, new in (
+            ("source", (s.source or "") + "other/checkpoint"),
+            ("kind", s.kind + "x"),
+            ("family", s.family + "x"),
+            ("inputs", {**s.inputs, "extra": s.id}),
+        ):
+            assert _with_id(dataclasses.replace(s, **{field: new})).id != s.id, (s.name, field)
+    sourced = [s for s in stages if s.source]
+    assert len({s.id for s in sourced}) == len(sourced)
