@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from benchmark import BenchmarkError, registry
@@ -89,12 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     s = sub.add_parser("ls", help="list the paper entries with their published numbers")
-    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.add_argument(
+        "--format", choices=["table", "json"], default="table", help="a table for people (default) or JSON for programs"
+    )
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("show", help="one entry resolved at a scale")
-    s.add_argument("key")
-    s.add_argument("--scale", default="paper", choices=list(registry.SCALES))
+    s.add_argument("key", help="an entry key, e.g. gpt2/1.5B>760M>120M (python -m benchmark ls lists them)")
+    s.add_argument(
+        "--scale", default="paper", choices=list(registry.SCALES), help="resolve at this scale (default paper)"
+    )
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("validate", help="resolve every entry at every scale")
@@ -103,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Each verb's module owns its options: `add_cli(subparsers)` adds its parser(s) with `func` set.
     for module in _verb_modules():
         module.add_cli(sub)
+    # Verbs named _like_this are internal (the runner's own subprocesses): usable, but not offered in -h.
+    sub.metavar = "{" + ",".join(name for name in sub.choices if not name.startswith("_")) + "}"
     return p
 
 
@@ -116,12 +123,20 @@ VERB_MODULES: list[str] = ["data", "train", "evaluate", "runner", "notebooks", "
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        args = build_parser().parse_args(argv)  # inside: `-h | head -1` can meet a closed pipe too
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe (`ls | head`) shows here, inside the handler, not at interpreter exit
+        return code
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`python -m benchmark ls --format json | head`): stop quietly, as a Unix tool does.
+        # stdout is pointed at devnull so the interpreter's final flush cannot raise again (Python docs, "Note on
+        # SIGPIPE"); exit status 141 = 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

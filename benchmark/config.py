@@ -11,8 +11,13 @@ The DeepSpeed JSON is derived from these configs by `deepspeed_config`, never ke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +35,137 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Validation: every field's type (from the annotations) and range (given in each class's __post_init__), checked
+# when a config is made, so a bad `--set`/scale value fails before any stage runs, naming the class and the field.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """What a numeric field (or each element of a numeric tuple) may be: `text` is read by people, `ok` decides."""
+
+    text: str
+    ok: Callable[[Any], bool]
+
+
+POSITIVE = Range("> 0", lambda x: x > 0)
+NON_NEGATIVE = Range(">= 0", lambda x: x >= 0)
+UNIT_INTERVAL = Range("in [0, 1]", lambda x: 0 <= x <= 1)
+UNIT_INTERVAL_OPEN_RIGHT = Range("in [0, 1)", lambda x: 0 <= x < 1)
+UNIT_INTERVAL_OPEN_LEFT = Range("in (0, 1]", lambda x: 0 < x <= 1)
+ZERO_STAGE = Range("0, 1, 2 or 3 (the ZeRO stage)", lambda x: x in (0, 1, 2, 3))
+VERSION = Range(">= 1", lambda x: x >= 1)
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _numeric(tp) -> bool:
+    """Whether a field of annotation `tp` holds numbers (and so needs a Range)."""
+    if tp in (int, float):
+        return True
+    args = [a for a in typing.get_args(tp) if a not in (type(None), Ellipsis)]
+    return typing.get_origin(tp) in (tuple, types.UnionType, typing.Union) and any(map(_numeric, args))
+
+
+def _conform(value, tp) -> tuple[bool, Any]:
+    """(whether `value` has type `tp`, the value normalised: lists -> tuples, integral floats -> int)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:  # bools are ints to Python, never to a config; 32.0 (JSON) is 32
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return True, int(value)
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:  # ints are numbers too (kept as given: a stage hash reads them as written)
+        if isinstance(value, float):
+            return math.isfinite(value), value
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in args), value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return True, None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _conform(value, inner)
+    if origin is tuple:
+        if not isinstance(value, tuple | list):
+            return False, value
+        if len(args) == 2 and args[1] is Ellipsis:
+            elems = [args[0]] * len(value)
+        elif len(args) != len(value):
+            return False, value
+        else:
+            elems = list(args)
+        out = [_conform(v, t) for v, t in zip(value, elems)]
+        return all(ok for ok, _ in out), tuple(v for _, v in out)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, tp), value
+    raise TypeError(f"config fields of type {tp!r} are not validated; add it to config._conform")
+
+
+_NOUNS = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"), str: ("a string", "strings")}
+
+
+def _describe(tp, rng: Range | None) -> str:
+    """What a field accepts, in words: "a finite number > 0", "a list of 2 finite numbers in [0, 1)"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    suffix = f" {rng.text}" if rng else ""
+    if tp is bool:
+        return "true or false"
+    if tp in _NOUNS:
+        return _NOUNS[tp][0] + suffix
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in args if a is not type(None)]
+        return f"{_describe(inner, rng)}, or null"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_NOUNS[args[0]][1]}{suffix}"
+        return f"a list of {len(args)} {_NOUNS[args[0]][1]}{suffix}"
+    return f"a {tp.__name__} (a JSON object of its fields)"
+
+
+def _validate(cfg, **ranges: Range) -> None:
+    """Check every field of the dataclass `cfg` against its annotation and, for numbers, its `ranges` entry (every
+    numeric field must have one); lists become tuples and integral floats ints. ConfigError names the class, the
+    field, the value and what is allowed: `MiniLLMConfig.lr must be a finite number > 0, got 'fast'`."""
+    cls = type(cfg)
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, rng, value = hints[f.name], ranges.get(f.name), getattr(cfg, f.name)
+        if _numeric(tp) and rng is None:
+            raise TypeError(f"{cls.__name__}.{f.name} has no range: add one to {cls.__name__}.__post_init__")
+        ok, value = _conform(value, tp)
+        if ok and rng is not None and value is not None:
+            ok = all(rng.ok(v) for v in value) if isinstance(value, tuple) else rng.ok(value)
+        if not ok:
+            raise ConfigError(f"{cls.__name__}.{f.name} must be {_describe(tp, rng)}, got {getattr(cfg, f.name)!r}")
+        if value is not getattr(cfg, f.name):
+            object.__setattr__(cfg, f.name, value)
+    unknown = sorted(set(ranges) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"{cls.__name__}: ranges given for no field: {unknown}")
+
+
+def _require(cfg, cond: bool, field_name: str, allowed: str) -> None:
+    """A check between fields (after `_validate`): `SFTConfig.lr_min must be <= lr (0.001), got 0.01`."""
+    if not cond:
+        raise ConfigError(f"{type(cfg).__name__}.{field_name} must be {allowed}, got {getattr(cfg, field_name)!r}")
+
+
+def _require_micro_batch(cfg) -> None:
+    """The per-GPU micro-batch must split the global batch (`deepspeed_config` caps it at the per-GPU batch)."""
+    m, b = cfg.micro_batch_size, cfg.batch_size
+    _require(cfg, m is None or m >= b or b % m == 0, "micro_batch_size", f"a divisor of batch_size ({b}), or null")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What reaches the sampler. Defaults: MiniLLM rollouts (ref §1.3 step 1: do_sample, top_k 0, top_p 1.0,
@@ -43,10 +179,14 @@ class GenerationSettings:
     do_sample: bool = True  # False = greedy
 
     def __post_init__(self):
-        _check(self.max_new_tokens > 0, "max_new_tokens must be positive")
-        _check(self.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy)")
-        _check(self.top_k >= 0 and 0 < self.top_p <= 1.0, "top_k >= 0 and 0 < top_p <= 1")
-        _check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size >= 0")
+        _validate(
+            self,
+            max_new_tokens=POSITIVE,
+            temperature=Range("> 0 (greedy decoding is do_sample=false)", POSITIVE.ok),
+            top_k=Range(">= 0 (0 = off)", NON_NEGATIVE.ok),
+            top_p=Range("in (0, 1] (1 = off)", UNIT_INTERVAL_OPEN_LEFT.ok),
+            no_repeat_ngram_size=Range(">= 0 (0 = off)", NON_NEGATIVE.ok),
+        )
 
 
 @dataclass(frozen=True)
@@ -87,13 +227,33 @@ class SFTConfig:
     version: int = 1  # bump when the meaning of a field changes (stage hashes include it)
 
     def __post_init__(self):
-        _check(self.lr > 0 and 0 <= self.lr_min <= self.lr, f"need 0 <= lr_min <= lr, got {self.lr_min}, {self.lr}")
-        _check(self.batch_size > 0 and self.epochs > 0, "batch_size and epochs must be positive")
-        _check(self.total_steps is None or self.total_steps > 0, "total_steps must be positive")
-        _check(self.pretrain_steps >= 0, "pretrain_steps must be >= 0")
-        _check(self.select_by in ("val_loss", "rouge_l"), f"select_by must be val_loss or rouge_l: {self.select_by}")
-        _check(self.max_prompt_length < self.max_length, "max_prompt_length must be < max_length")
-        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0-3")
+        _validate(
+            self,
+            lr=POSITIVE,
+            lr_min=NON_NEGATIVE,
+            warmup_steps=NON_NEGATIVE,
+            epochs=POSITIVE,
+            total_steps=POSITIVE,
+            pretrain_steps=NON_NEGATIVE,
+            batch_size=POSITIVE,
+            micro_batch_size=POSITIVE,
+            weight_decay=NON_NEGATIVE,
+            betas=UNIT_INTERVAL_OPEN_RIGHT,
+            grad_clip=POSITIVE,
+            max_length=POSITIVE,
+            max_prompt_length=POSITIVE,
+            eval_interval=POSITIVE,
+            val_examples=POSITIVE,
+            seed=NON_NEGATIVE,
+            zero_stage=ZERO_STAGE,
+            checkpoint_interval=POSITIVE,
+            version=VERSION,
+        )
+        _require(self, self.lr_min <= self.lr, "lr_min", f"<= lr ({self.lr})")
+        _require(
+            self, self.max_prompt_length < self.max_length, "max_prompt_length", f"< max_length ({self.max_length})"
+        )
+        _require_micro_batch(self)
 
 
 @dataclass(frozen=True)
@@ -158,19 +318,50 @@ class MiniLLMConfig:
     version: int = 1
 
     def __post_init__(self):
-        _check(0.0 <= self.teacher_mixed_alpha < 1.0, "teacher_mixed_alpha must be in [0, 1)")
-        _check(
-            self.rollouts_per_phase % self.batch_size == 0,
-            f"rollouts_per_phase ({self.rollouts_per_phase}) must be a multiple of batch_size ({self.batch_size})",
+        _validate(
+            self,
+            lr=POSITIVE,
+            betas=UNIT_INTERVAL_OPEN_RIGHT,
+            eps=POSITIVE,
+            weight_decay=NON_NEGATIVE,
+            warmup_steps=NON_NEGATIVE,
+            total_steps=POSITIVE,
+            grad_clip=POSITIVE,
+            rollouts_per_phase=POSITIVE,
+            batch_size=POSITIVE,
+            micro_batch_size=POSITIVE,
+            ppo_epochs=POSITIVE,
+            teacher_mixed_alpha=Range("in [0, 1) (0 = no mixing)", UNIT_INTERVAL_OPEN_RIGHT.ok),
+            max_prompt_length=POSITIVE,
+            reward_scaling=POSITIVE,
+            cliprange_reward=POSITIVE,
+            gamma=UNIT_INTERVAL_OPEN_LEFT,
+            cliprange=POSITIVE,
+            kl_chunk_size=POSITIVE,
+            pt_coef=Range(">= 0 (0 = no PT loss)", NON_NEGATIVE.ok),
+            kd_ratio=UNIT_INTERVAL,
+            pt_seq_length=POSITIVE,
+            eval_interval=POSITIVE,
+            val_examples=POSITIVE,
+            checkpoint_interval=POSITIVE,
+            seed=NON_NEGATIVE,
+            seed_ppo=NON_NEGATIVE,
+            zero_stage=ZERO_STAGE,
+            version=VERSION,
         )
-        _check(0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]")
-        _check(self.reward_scaling > 0 and self.cliprange_reward > 0, "reward_scaling and cliprange_reward > 0")
-        _check(0.0 <= self.kd_ratio <= 1.0, "kd_ratio must be in [0, 1]")
-        _check(self.policy_gradient or self.single_step, "at least one of policy_gradient/single_step must be on")
-        _check(self.total_steps > 0 and self.eval_interval > 0, "total_steps and eval_interval must be positive")
-        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0-3")
-        _check(self.kl_chunk_size is None or self.kl_chunk_size > 0, "kl_chunk_size must be positive or None")
-        _check(self.rollout_logprobs in ("forward", "decode"), "rollout_logprobs must be 'forward' or 'decode'")
+        _require(
+            self,
+            self.rollouts_per_phase % self.batch_size == 0,
+            "rollouts_per_phase",
+            f"a multiple of batch_size ({self.batch_size})",
+        )
+        _require_micro_batch(self)
+        _require(
+            self,
+            self.policy_gradient or self.single_step,
+            "single_step",
+            "true when policy_gradient is false (at least one loss term must be on)",
+        )
 
     @property
     def steps_per_phase(self) -> int:
@@ -192,8 +383,15 @@ class EvalConfig:
     version: int = 1
 
     def __post_init__(self):
-        _check(len(self.seeds) > 0, "at least one seed")
-        _check(self.batch_size > 0, "batch_size must be positive")
+        _validate(
+            self,
+            seeds=NON_NEGATIVE,
+            max_prompt_length=POSITIVE,
+            batch_size=POSITIVE,
+            num_examples=POSITIVE,
+            version=VERSION,
+        )
+        _require(self, len(self.seeds) > 0, "seeds", "a non-empty list of integers >= 0")
 
 
 def for_scale(cls, overrides: dict[str, Any], **extra):
@@ -202,7 +400,11 @@ def for_scale(cls, overrides: dict[str, Any], **extra):
     _known_fields(cls, kw)
     if "generation" in kw and isinstance(kw["generation"], dict):
         _known_fields(GenerationSettings, kw["generation"], f"{cls.__name__}.generation")
-        kw["generation"] = dataclasses.replace(cls().generation, **kw["generation"])
+        try:
+            kw["generation"] = dataclasses.replace(cls().generation, **kw["generation"])
+        except ConfigError as exc:  # name the field as it was given: MiniLLMConfig.generation.top_k
+            prefix = f"{GenerationSettings.__name__}."
+            raise ConfigError(str(exc).replace(prefix, f"{cls.__name__}.generation.", 1)) from None
     return dataclasses.replace(cls(), **kw)
 
 

@@ -97,6 +97,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, decoded line by line so that a bad byte is reported with its line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line, and run the command "
+                    "again"
+                ) from None
+
+
 def read_records(path) -> list[RawRecord]:
     """Dolly records from a JSONL file in either field convention; DataError names the file and line if bad."""
     path = Path(path)
@@ -105,31 +119,30 @@ def read_records(path) -> list[RawRecord]:
             f"{path}: no such file; pass a MiniLLM/dolly-style directory (raw.jsonl + valid.jsonl) or --source hub"
         )
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); fix or delete "
+                "that line and run the command again"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+        values = {}
+        for ours, accepted in FIELDS.items():
+            name = next((n for n in accepted if n in obj), None)
+            if name is None or not isinstance(obj[name], str):
+                what = "missing" if name is None else f"not a string in field {name!r}"
                 raise DataError(
-                    f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); fix or delete "
-                    "that line and run the command again"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-            values = {}
-            for ours, accepted in FIELDS.items():
-                name = next((n for n in accepted if n in obj), None)
-                if name is None or not isinstance(obj[name], str):
-                    what = "missing" if name is None else f"not a string in field {name!r}"
-                    raise DataError(
-                        f"{path}:{lineno}: {what}: need one of {' / '.join(map(repr, accepted))} "
-                        "(MiniLLM/dolly or databricks-dolly-15k field names); fix the record and rerun"
-                    )
-                values[ours] = obj[name]
-            category = obj.get("category")
-            records.append(RawRecord(**values, category=category if isinstance(category, str) else None))
+                    f"{path}:{lineno}: {what}: need one of {' / '.join(map(repr, accepted))} "
+                    "(MiniLLM/dolly or databricks-dolly-15k field names); fix the record and rerun"
+                )
+            values[ours] = obj[name]
+        category = obj.get("category")
+        records.append(RawRecord(**values, category=category if isinstance(category, str) else None))
     if not records:
         raise DataError(f"{path}: empty file (no records); re-download or regenerate it")
     return records
@@ -366,16 +379,23 @@ def prepare_dolly(
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _check_pt_file(path: Path) -> Path:
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise DataError(
+            f"PT source {path} {what}: pass --source FILE (a text file, one document per line, newlines written as "
+            f"{NEWLINE_MARKER}) or --source hub / hub:DATASET"
+        )
+    return path
+
+
 def iter_text_documents(path) -> Iterator[str]:
     """Documents of a local text file in MiniLLM's layout: one per line, newlines as `<@x(x!>` (ref §4.2)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; pass a text file with one document per line or --source hub")
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            doc = line.rstrip("\n").replace(NEWLINE_MARKER, "\n")
-            if doc.strip():
-                yield doc
+    path = _check_pt_file(Path(path))
+    for _, line in _text_lines(path):
+        doc = line.rstrip("\r\n").replace(NEWLINE_MARKER, "\n")
+        if doc.strip():
+            yield doc
 
 
 def iter_hub_documents(family: str, source: str) -> Iterator[str]:
@@ -440,7 +460,7 @@ def write_pt(
     tok = _load_tokenizer(stage / "tokenizer")
     if isinstance(source, Path) or not (source == "hub" or str(source).startswith("hub:")):
         documents = iter_text_documents(source)
-        inputs = {"name": Path(source).name, "sha256": sha256_file(Path(source))}
+        inputs = {"name": Path(source).name, "sha256": sha256_file(_check_pt_file(Path(source)))}
     else:
         documents = iter_hub_documents(family, source)
         inputs = {"name": source, "sha256": None}
@@ -470,6 +490,8 @@ def prepare_pt(
 ) -> PreparedData:
     """Add pt.npy to a prepared dir (its own tokenizer) or create a PT-only dir with `tokenizer`."""
     _check_family(family)
+    if not (source == "hub" or source.startswith("hub:")):
+        _check_pt_file(Path(source))  # before any tokenizer is loaded or directory staged
     out_dir = Path(out_dir)
     existing = (out_dir / "manifest.json").is_file()
     if existing:
@@ -659,7 +681,12 @@ def add_cli(subparsers) -> None:
     s.add_argument("--tokenizer", required=True, help="hub id or local dir, e.g. openai-community/gpt2")
     s.add_argument("--source", default="hub", help="hub, hub:REPO, or a dir with raw.jsonl + valid.jsonl")
     s.add_argument("--out", type=Path, help="default: data/prepared/dolly-FAMILY")
-    s.add_argument("--max-prompt-length", type=int, default=MAX_PROMPT_LENGTH)
+    s.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=MAX_PROMPT_LENGTH,
+        help=f"longer train/valid prompts are dropped, longer test prompts cut (default {MAX_PROMPT_LENGTH} tokens)",
+    )
     s.add_argument("--dev-num", type=int, default=DEV_NUM, help="validation = the first N raw records")
     s.set_defaults(func=cmd_dolly)
 
@@ -668,14 +695,18 @@ def add_cli(subparsers) -> None:
     s.add_argument("--tokenizer", help="needed only for a new dir; default: the prepared dir's own tokenizer")
     s.add_argument("--source", default="hub", help="hub (OpenWebText for gpt2), hub:DATASET, or a text file")
     s.add_argument("--out", type=Path, help="default: data/prepared/dolly-FAMILY")
-    s.add_argument("--seq-len", type=int, default=PT_SEQ_LEN)
-    s.add_argument("--max-chunks", type=int, default=None)
+    s.add_argument("--seq-len", type=int, default=PT_SEQ_LEN, help=f"tokens per PT chunk (default {PT_SEQ_LEN})")
+    s.add_argument(
+        "--max-chunks", type=int, default=None, help="stop after this many chunks (default: the whole source)"
+    )
     s.set_defaults(func=cmd_pt)
 
     s = sub.add_parser("synthetic", help="generate + tokenizer + prepare + PT for the small/tiny scales")
-    s.add_argument("--scale", choices=["small", "tiny"], required=True)
+    s.add_argument(
+        "--scale", choices=["small", "tiny"], required=True, help="how many records to generate (the scale's)"
+    )
     s.add_argument("--family", **fam)
     s.add_argument("--out", type=Path, help="default: data/prepared/SCALE-FAMILY")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="generator seed (default 0, what run/reproduce use)")
     s.add_argument("--seq-len", type=int, default=None, help="PT chunk length (default: the scale's pt_seq_length)")
     s.set_defaults(func=cmd_synthetic)

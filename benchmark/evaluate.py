@@ -46,6 +46,7 @@ BOS); every seed is scored, not seed 10 only.
 from __future__ import annotations
 
 import math
+import os
 import re
 import string
 import time
@@ -362,12 +363,85 @@ def perplexity_samples(
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+MODEL_DIR_HINT = (
+    "a model directory is written by `python -m benchmark train ... --out OUT` (OUT/model) or by a run's stage "
+    "(RUN/stages/<stage>/model, see `python -m benchmark status --out RUN`); train it first or correct the path "
+    "(a Hugging Face Hub id has the form org/name)"
+)
+
+
+def _looks_local(text: str) -> bool:
+    """Whether `text` names a local path rather than a hub id ("name" or "org/name")."""
+    if text.startswith(("/", ".", "~")) or (os.altsep and os.altsep in text):
+        return True
+    parts = text.split(os.sep)
+    # org/name/more is never a hub id; org/name is a path when org/ exists here (runs/model, data/x)
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir())
+
+
+def model_path_problem(path_or_id) -> str | None:
+    """Why `path_or_id` cannot be loaded as a local model directory, when it names one (None: a model directory, or
+    a hub id left to `from_pretrained`). Shared by `train.load_model` so both verbs say the same thing."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return f"model directory {text} holds no config.json, so it is not a saved model; {MODEL_DIR_HINT}"
+        return None
+    if path.exists():
+        return f"model path {text} is a file, not a model directory; {MODEL_DIR_HINT}"
+    if _looks_local(text):
+        return f"model directory {text} does not exist; {MODEL_DIR_HINT}"
+    return None
+
+
 def _load_model(path_or_id, cfg: EvalConfig, device: torch.device):
     from transformers import AutoModelForCausalLM
 
+    problem = model_path_problem(path_or_id)
+    if problem:
+        raise EvaluationError(f"cannot load model: {problem}")
     # ref §5.1: the reference evaluates in fp16; on a CPU we stay in float32.
     dtype = _TORCH_DTYPES[cfg.precision] if device.type == "cuda" else torch.float32
-    return AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=dtype).to(device).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(Path(str(path_or_id)).expanduser()), dtype=dtype)
+    except OSError as exc:  # a hub id that is unknown, private, or not cached offline
+        raise EvaluationError(
+            f"cannot load model {str(path_or_id)!r} ({exc}); give a model directory or a hub id (with network "
+            "access, or cached when HF_HUB_OFFLINE=1)"
+        ) from None
+    return model.to(device).eval()
+
+
+def check_model_fits(model, name: str, data, cfg: EvalConfig, *, scorer: bool = False) -> None:
+    """Clear errors before any generation, as `train` checks a hop's models: the model must be of the data's family
+    (GPT-2 and OPT token ids differ), hold every token id of its tokenizer, and have positions for the longest
+    sequence evaluation makes (max_prompt_length + max_new_tokens)."""
+    where = getattr(data, "path", "the data")
+    family = model.config.model_type
+    if family != data.family:
+        fix = (
+            f"score with a {data.family} model (the family's SFT teacher)"
+            if scorer
+            else f"evaluate it on data prepared with --family {family}"
+        )
+        raise EvaluationError(
+            f"{name} is of family {family} but {where} was prepared for {data.family} (their token ids differ): {fix}"
+        )
+    vocab, n_tokens = model.get_input_embeddings().num_embeddings, len(data.tokenizer)
+    if vocab < n_tokens:
+        raise EvaluationError(
+            f"{name} has a vocabulary of {vocab} tokens but the tokenizer of {where} has {n_tokens}: the data was "
+            "prepared with another tokenizer than the model was trained on; prepare it with the model's tokenizer"
+        )
+    positions = getattr(model.config, "max_position_embeddings", None)
+    need = cfg.max_prompt_length + cfg.generation.max_new_tokens
+    if positions is not None and positions < need:
+        raise EvaluationError(
+            f"{name} has {positions} positions but evaluation needs {need} (max_prompt_length "
+            f"{cfg.max_prompt_length} + max_new_tokens {cfg.generation.max_new_tokens}): use the lengths of the "
+            "model's scale (--scale) or a model built for longer sequences"
+        )
 
 
 def _load_data(data):
@@ -414,6 +488,7 @@ def evaluate_model(
         raise EvaluationError("the test split is empty: nothing to evaluate")
     tokenizer, eos = data.tokenizer, data.eos_token_id
     model = _load_model(model_path_or_id, cfg, device)
+    check_model_fits(model, f"model {model_path_or_id}", data, cfg)
     scorer_model, scorer_id = None, None
     if scorer is not None:
         if isinstance(scorer, torch.nn.Module):
@@ -423,6 +498,8 @@ def evaluate_model(
             )
         else:
             scorer_model, scorer_id = _load_model(scorer, cfg, device), results.model_identity(scorer)
+        scorer_name = f"scorer {scorer_id['path'] or scorer_id['hub_id'] or ''}".strip()
+        check_model_fits(scorer_model, scorer_name, data, cfg, scorer=True)
     references = [ex.output for ex in examples]
 
     per_seed: dict[str, list[float]] = {"rouge_l": [], "exact_match": [], "perplexity_samples": []}
@@ -513,6 +590,10 @@ def cmd_evaluate(args) -> int:
     from benchmark.config import for_scale
     from benchmark.data import load_prepared  # lazily: data.py is optional until a data verb is used
 
+    if args.no_progress:  # transformers' own bars too ("Loading weights")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     cfg = for_scale(EvalConfig, registry.scale(args.scale).evaluation) if args.scale else EvalConfig()
     changes = {}
     if args.seeds:
@@ -539,6 +620,8 @@ def cmd_evaluate(args) -> int:
 
 
 def add_cli(subparsers) -> None:
+    from benchmark import registry
+
     s = subparsers.add_parser("evaluate", help="ROUGE-L over seeds + perplexity of one model (ref §5)")
     s.add_argument("model", help="a local model directory or a hub id")
     s.add_argument("--data", required=True, help="prepared data directory (python -m benchmark data)")
@@ -553,6 +636,11 @@ def add_cli(subparsers) -> None:
     s.add_argument("--batch-size", type=int, default=None, help="generation batch size (results do not depend on it)")
     s.add_argument("--results", default=None, help="results JSONL file or run directory to append records to")
     s.add_argument("--entry", default=None, help="registry entry key the model belongs to, e.g. gpt2/1.5B>120M")
-    s.add_argument("--scale", default=None, help="scale name (paper/small/tiny): its evaluation overrides apply")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument(
+        "--scale",
+        default=None,
+        choices=list(registry.SCALES),
+        help="apply this scale's evaluation settings (lengths, seeds, examples); default: the paper protocol",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (ours or transformers')")
     s.set_defaults(func=cmd_evaluate)

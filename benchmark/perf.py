@@ -658,10 +658,10 @@ WORKERS = {
 
 def _worker_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.perf", description="one measurement round (internal)")
-    p.add_argument("--worker", required=True, choices=list(WORKERS))
-    p.add_argument("--setup", required=True)
-    p.add_argument("--round", type=int, default=0)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--worker", required=True, choices=list(WORKERS), help="the measurement to make")
+    p.add_argument("--setup", required=True, help="JSON file written by run_perf: data and model paths")
+    p.add_argument("--round", type=int, default=0, help="which interleaved round this is (0-based)")
+    p.add_argument("--quick", action="store_true", help="the shorter --quick measurement")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     res = WORKERS[a.worker](json.loads(Path(a.setup).read_text()), a.round, a.quick)
@@ -1246,7 +1246,7 @@ def add_cli(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scale", default="small", choices=["small", "tiny"])
+    p.add_argument("--scale", default="small", choices=["small", "tiny"], help="model sizes to measure (default small)")
     p.add_argument("--out", default="paper_tables/perf", help="directory for <machine>.json and <machine>.md")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians and ranges over them)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")

@@ -339,3 +339,53 @@ def test_cli_dolly_and_pt(dolly_dir, tokenizers, tmp_path, capsys):
     assert data.load_prepared(out, "gpt2").pt_chunks().shape[1] == 32
     assert _cli(["data", "pt", "--family", "opt", "--source", str(tmp_path / "c.txt"), "--out", str(out)]) == 2
     assert "prepared for gpt2" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Errors that used to be tracebacks (issue #20, item 7)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["raw.jsonl", "valid.jsonl"])
+def test_non_utf8_bytes_name_file_and_line(dolly_dir, tokenizers, tmp_path, capsys, name):
+    path = dolly_dir / name
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(1, b'{"instruction": "caf\xe9", "input": "", "output": "x"}\n')  # Latin-1 e-acute: line 2
+    path.write_bytes(b"".join(lines))
+    out = tmp_path / "out"
+    argv = ["data", "dolly", "--family", "gpt2", "--tokenizer", str(tokenizers["gpt2"])]
+    assert _cli(argv + ["--source", str(dolly_dir), "--out", str(out), "--dev-num", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {path}:2: not UTF-8 text (byte 0xe9 at column 21); re-save the file as UTF-8 (e.g. iconv -f "
+        "latin1 -t utf-8) or fix that line, and run the command again\n"
+    )
+    assert not out.exists()
+
+
+def test_non_utf8_pt_text_names_line(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    before = _snapshot(prepared.path)
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(b"a fine document.\n" * 3 + b"caf\xe9 au lait\n")
+    with pytest.raises(data.DataError, match=r"corpus.txt:4: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        data.prepare_pt(str(text), "gpt2", prepared.path, seq_len=8)
+    assert _snapshot(prepared.path) == before
+
+
+def test_missing_pt_source_is_one_sentence(dolly_dir, tokenizers, tmp_path, capsys):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    before = _snapshot(prepared.path)
+    missing = tmp_path / "no-such-corpus.txt"
+    assert _cli(["data", "pt", "--family", "gpt2", "--source", str(missing), "--out", str(prepared.path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: PT source {missing} does not exist: pass --source FILE (a text file, one document per line, "
+        "newlines written as <@x(x!>) or --source hub / hub:DATASET\n"
+    )
+    assert _snapshot(prepared.path) == before
+    with pytest.raises(data.DataError, match="is a directory, not a file"):  # a directory given as the source
+        data.prepare_pt(str(tmp_path), "gpt2", tmp_path / "new", tokenizer=str(tokenizers["gpt2"]))
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(data.DataError, match="does not exist"):  # write_pt, as the synthetic data calls it
+        data.write_pt(prepared.path, missing)

@@ -278,8 +278,13 @@ def saved_models(tiny_gpt2, tiny_opt, tmp_path):
     return tmp_path / "student", tmp_path / "teacher"
 
 
-def test_evaluate_model_records(saved_models, tiny_gpt2, tiny_opt, tiny_tokenizer, tmp_path):
-    student, teacher = saved_models
+def test_evaluate_model_records(saved_models, tiny_gpt2, tiny_tokenizer, tmp_path):
+    student = saved_models[0]
+    with torch.random.fork_rng(devices=[]):  # the scorer: another GPT-2 (it must be of the data's family)
+        torch.manual_seed(5)
+        scorer = type(tiny_gpt2)(tiny_gpt2.config).eval()
+    teacher = tmp_path / "scorer"
+    scorer.save_pretrained(teacher)
     exs = _examples(tiny_tokenizer)
     data = FakeData(exs, tiny_tokenizer)
     cfg = _cfg(seeds=(10, 20), num_examples=4, batch_size=3)
@@ -309,7 +314,7 @@ def test_evaluate_model_records(saved_models, tiny_gpt2, tiny_opt, tiny_tokenize
     assert by["perplexity_gold"]["values"] == pytest.approx([gold], rel=1e-5)
     assert by["perplexity_gold"]["seeds"] is None and by["perplexity_gold"]["std"] == 0.0
     ids = [evaluate._sample_ids(tiny_gpt2, exs[:4], cfg, s, eos_token_id=eos, progress=False) for s in (10, 20)]
-    samples = [perplexity_samples(tiny_opt, exs[:4], i, eos_token_id=eos, max_prompt_length=32) for i in ids]
+    samples = [perplexity_samples(scorer, exs[:4], i, eos_token_id=eos, max_prompt_length=32) for i in ids]
     assert by["perplexity_samples"]["values"] == pytest.approx(samples, rel=1e-5)
     assert by["perplexity_samples"]["scorer"]["path"] == str(teacher.resolve())
     assert by["rouge_l"]["model"]["sha256"] and by["rouge_l"]["settings"]["generation"]["no_repeat_ngram_size"] == 6
@@ -355,3 +360,84 @@ def test_cli(saved_models, tiny_tokenizer, tmp_path, monkeypatch, capsys):
     df = results.read(tmp_path / "r.jsonl")
     assert list(df[df.metric == "rouge_l"]["seeds"].iloc[0]) == [10, 20]
     assert int(df["n_examples"].iloc[0]) == 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors before any generation (issue #20, item 7)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    """Fails the test if evaluation reaches generation: the checks must come first."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("generation ran before the error")
+
+    monkeypatch.setattr(evaluate, "_sample_ids", boom)
+
+
+def test_missing_local_model_directory_is_named(tmp_path, tiny_tokenizer, monkeypatch, no_generation):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    data = FakeData(_examples(tiny_tokenizer), tiny_tokenizer)
+    for path in (tmp_path / "nowhere" / "model", "runs/model", "./model", "a/b/c"):
+        with pytest.raises(EvaluationError) as err:
+            evaluate.evaluate_model(path, data, _cfg(), device="cpu", progress=False)
+        assert str(err.value).startswith(f"cannot load model: model directory {path} does not exist; ")
+        assert "python -m benchmark train ... --out OUT` (OUT/model)" in str(err.value)
+        assert "Repo id" not in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="empty holds no config.json"):
+        evaluate.evaluate_model(tmp_path / "empty", data, _cfg(), device="cpu", progress=False)
+    # hub ids are left to from_pretrained (offline here: its error becomes one sentence too)
+    assert evaluate.model_path_problem("openai-community/gpt2") is None
+    assert evaluate.model_path_problem("gpt2") is None
+    with pytest.raises(EvaluationError, match=r"^cannot load model 'nobody-here/no-model' \("):
+        evaluate.evaluate_model("nobody-here/no-model", data, _cfg(), device="cpu", progress=False)
+
+
+def test_model_of_another_family_is_refused(saved_models, tiny_tokenizer, no_generation):
+    data = FakeData(_examples(tiny_tokenizer), tiny_tokenizer, family="gpt2")
+    teacher = saved_models[1]  # an OPT model
+    with pytest.raises(EvaluationError) as err:
+        evaluate.evaluate_model(teacher, data, _cfg(), device="cpu", progress=False)
+    assert str(err.value) == (
+        f"model {teacher} is of family opt but the data was prepared for gpt2 (their token ids differ): evaluate it "
+        "on data prepared with --family opt"
+    )
+    with pytest.raises(EvaluationError, match=r"^scorer .*teacher is of family opt .*score with a gpt2 model"):
+        evaluate.evaluate_model(saved_models[0], data, _cfg(), scorer=teacher, device="cpu", progress=False)
+
+
+def test_model_too_short_or_small_vocabulary_is_refused(tiny_gpt2, tiny_tokenizer, tmp_path, no_generation):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    data = FakeData(_examples(tiny_tokenizer), tiny_tokenizer)
+    short = GPT2LMHeadModel(GPT2Config(**(tiny_gpt2.config.to_dict() | {"n_positions": 40})))
+    short.save_pretrained(tmp_path / "short")
+    with pytest.raises(EvaluationError) as err:  # 32 prompt + 12 new tokens = 44 > 40 positions (was an IndexError)
+        evaluate.evaluate_model(tmp_path / "short", data, _cfg(), device="cpu", progress=False)
+    need = "needs 44 (max_prompt_length 32 + max_new_tokens 12)"
+    assert str(err.value).startswith(f"model {tmp_path / 'short'} has 40 positions but evaluation {need}")
+    evaluate.check_model_fits(short, "m", data, _cfg(max_new_tokens=8))  # 32 + 8 fits
+    small = GPT2LMHeadModel(GPT2Config(**(tiny_gpt2.config.to_dict() | {"vocab_size": len(tiny_tokenizer) - 1})))
+    small.save_pretrained(tmp_path / "small")
+    n = len(tiny_tokenizer)
+    vocab = f"has a vocabulary of {n - 1} tokens but the tokenizer of the data has {n}"
+    with pytest.raises(EvaluationError, match=vocab):
+        evaluate.evaluate_model(tmp_path / "small", data, _cfg(), device="cpu", progress=False)
+
+
+def test_cli_scale_has_choices(capsys):
+    import argparse
+
+    from benchmark import registry
+
+    parser = argparse.ArgumentParser()
+    evaluate.add_cli(parser.add_subparsers(dest="verb"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "m", "--data", "d", "--scale", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    (action,) = [a for a in parser._subparsers._group_actions[0].choices["evaluate"]._actions if a.dest == "scale"]
+    assert action.choices == list(registry.SCALES)

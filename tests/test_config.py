@@ -1,0 +1,411 @@
+"""The paper-faithful defaults of the stage configs, pinned against the reference, and their effect on the maths.
+
+Every default of `MiniLLMConfig`, `SFTConfig`, `EvalConfig` and `GenerationSettings` is written out below as a
+literal with the place it comes from ("ref §N" = `shared/research/minillm-reference.md`; "paper" = Gu et al.
+§4 / appendix B.1 as the reference quotes it; "project" = a setting of this re-implementation with no reference
+counterpart, pinned so that a change is deliberate). A field added to a config fails
+`test_every_default_is_pinned` until its value and source are added here. The effect tests then run the loss
+functions with the default config's values against naive formulas written with the reference's literal numbers,
+so a wrong default fails twice: in the table and in the maths it feeds. The optimizer and LR schedule the trainer
+builds from these defaults are read back in tests/test_train.py.
+
+Fast: no models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import config, registry
+from benchmark import losses as L
+from benchmark.config import EvalConfig, GenerationSettings, MiniLLMConfig, SFTConfig, deepspeed_config
+
+GENERATION = {
+    "max_new_tokens": 256,  # ref §1.3 step 1: max_length 512 - max_prompt_length 256
+    "temperature": 1.0,  # ref §1.3 step 1 / §2.1 generation: --temperature 1.0
+    "top_k": 0,  # ref §2.1: --top-k 0 (off)
+    "top_p": 1.0,  # ref §2.1: --top-p 1.0 (off)
+    "no_repeat_ngram_size": 0,  # ref §5.1: training-time generation does not ban n-grams (only the test-time eval)
+    "do_sample": True,  # ref §2.1: --do-sample
+}
+
+MINILLM = {
+    "lr": 5e-6,  # ref §2.1 --lr 5e-6; paper §4 "Hyper-parameters"
+    "betas": (0.9, 0.95),  # ref §1.5: hard-coded in trainer.py::setup_optimizer
+    "eps": 1e-8,  # ref §1.5: AdamW eps 1e-8
+    "weight_decay": 1e-6,  # ref §1.5: hard-coded 1e-6 (--weight-decay is ignored by the RL trainer)
+    "warmup_steps": 100,  # ref §2.1 --warmup-iters 100 (constant_trm, ref §1.5)
+    "total_steps": 5000,  # ref §2.1 --total-iters 5000; paper: 5000 steps
+    "grad_clip": 1.0,  # ref §1.5: --clip-grad default 1.0
+    "rollouts_per_phase": 256,  # ref §1.4 / §2.3: 256 rollouts per phase, global
+    "batch_size": 64,  # ref §2.3: global mini-batch 64 ("mini-batch 64 in all cases", paper B.1)
+    "micro_batch_size": None,  # project: per-GPU split of the global batch (memory only); None = no accumulation
+    "ppo_epochs": 4,  # ref §2.1 --ppo-epochs 4
+    "teacher_mixed_alpha": 0.2,  # ref §2.1 --teacher-mixed-alpha 0.2
+    "max_prompt_length": 256,  # ref §2.1 --max-prompt-length 256
+    "generation": GenerationSettings(**GENERATION),  # ref §1.3 step 1 (rows above)
+    "log_student_sample": True,  # ref §1.3 step 4: a pure-student sample, for the rev_kl / stu_lens logs only
+    "rollout_logprobs": "forward",  # ref §1.3 steps 2, 3, 5: rollouts scored by one full forward of each model
+    "reward_scaling": 0.5,  # ref §1.3 step 7 / §2.1 --reward-scaling 0.5
+    "cliprange_reward": 100.0,  # ref §1.3 step 7 / §2.1 --cliprange-reward 100 (the argparse default 1 is a trap)
+    "gamma": 0.95,  # ref §1.3 "Advantage": argparse default 0.95, no script sets --gamma
+    "length_normalization": True,  # ref §1.3 "Advantage": applied unconditionally
+    "whiten_include_padding": True,  # ref §1.3 "Advantage": whitening over every element of B x 256, padding too
+    "policy_gradient": True,  # ref §1.3 "RL loss": rl_loss = pg_loss + reg_loss
+    "cliprange": 0.2,  # ref §1.3 `_pg_loss` / §2.1 defaults in force: cliprange 0.2; paper B.1 clip 0.2
+    "single_step": True,  # ref §2.1 --single-step-reg on
+    "cache_teacher_logits": True,  # project: speed only (README "Training: MiniLLM, faithfully")
+    "kl_chunk_size": None,  # project: memory only
+    "pt_coef": 1.0,  # ref §1.3: loss = rl_loss + lm_coef * pt_loss, lm_coef 1 (§2.1 defaults in force)
+    "kd_ratio": 0.5,  # ref §1.3 "PT loss" / §2.1 --kd-ratio 0.5; paper §4 "weight of the distillation loss"
+    "pt_seq_length": 512,  # ref §4.2: 512-token PT chunks
+    "eval_interval": 100,  # ref §2.1 --eval-interval 100
+    "val_examples": 1000,  # ref §2.1 --dev-num 1000
+    "checkpoint_interval": 500,  # ref §2.1 --save-interval 500
+    "seed": 10,  # ref §2.1 --seed 10
+    "seed_ppo": 42,  # ref §2.1 --seed-ppo 42
+    "precision": "fp16",  # ref §1.5: ds_config_zero1_fp16.json
+    "zero_stage": 1,  # ref §1.5: ZeRO stage 1
+    "version": 1,  # project: bumped when a field changes meaning
+}
+
+SFT = {
+    "lr": 5e-5,  # ref §2.4: the teachers' and OPT-1.3B/2.7B LR (scales set it per model, ModelSpec.sft_lr)
+    "lr_min": 1e-7,  # ref §2.4: CosineAnnealingLR down to lr_min 1e-7
+    "warmup_steps": 0,  # ref §2.4: no warmup
+    "epochs": 10,  # ref §2.4: 10 epochs (teachers, large models)
+    "total_steps": None,  # project: None = epochs x steps per epoch
+    "pretrain_steps": 0,  # project: 0 at paper scale (pretrained models)
+    "batch_size": 32,  # ref §2.4: per-GPU batch x DP x GA = 32
+    "micro_batch_size": None,  # project: per-GPU split (memory only)
+    "weight_decay": 0.01,  # ref §2.4: weight decay 0.01
+    "no_decay": ("bias", "ln_f.weight", "ln_1.weight", "ln_2.weight", "ln_cross_attn"),  # ref §2.4: no-decay names
+    "betas": (0.9, 0.999),  # ref §2.4: AdamW default betas
+    "grad_clip": 1.0,  # ref §2.4: gradient clipping 1.0
+    "dropout": True,  # ref §2.4: dropout on (model.train())
+    "max_length": 512,  # ref §2.4: max length 512
+    "max_prompt_length": 256,  # ref §2.4: prompts <= 256
+    "select_by": "val_loss",  # ref §3.1: inits are selected by validation loss (the teacher by ROUGE-L, per stage)
+    "eval_interval": None,  # ref §2.4: evaluation once per epoch
+    "val_examples": None,  # project: the whole validation split
+    "seed": 10,  # ref §2.4: seed 10
+    "precision": "fp16",  # ref §2.4: fp16 ZeRO-1
+    "zero_stage": 1,  # ref §2.4: fp16 ZeRO-1
+    "checkpoint_interval": 500,  # project: resumable checkpoints
+    "version": 1,  # project
+}
+
+EVAL = {
+    "seeds": (10, 20, 30, 40, 50),  # ref §5.1: run_eval.sh --seed 10, 20, 30, 40, 50
+    "max_prompt_length": 256,  # ref §5.1: left-padded with EOS to exactly 256
+    # ref §5.1: do_sample, top_k 0, top_p 1.0, temperature 1.0, no_repeat_ngram_size 6, 512 - 256 new tokens
+    "generation": GenerationSettings(**(GENERATION | {"no_repeat_ngram_size": 6})),
+    "batch_size": 8,  # ref §5.1: --eval-batch-size 8
+    "num_examples": None,  # ref §5.1: the whole test split
+    "precision": "fp16",  # ref §5.1: model loaded in fp16
+    "version": 1,  # project
+}
+
+TABLES = [(GenerationSettings, GENERATION), (MiniLLMConfig, MINILLM), (SFTConfig, SFT), (EvalConfig, EVAL)]
+
+
+@pytest.mark.parametrize(("cls", "table"), TABLES, ids=[c.__name__ for c, _ in TABLES])
+def test_every_default_is_pinned(cls, table):
+    cfg = cls()
+    assert [f.name for f in dataclasses.fields(cls)] == list(table), "add the new field, its value and its source"
+    for name, expected in table.items():
+        got = getattr(cfg, name)
+        assert got == expected and type(got) is type(expected), (cls.__name__, name, got, expected)
+
+
+def test_phase_invariants_of_the_default():
+    cfg = MiniLLMConfig()
+    assert cfg.steps_per_phase == 16  # ref §1.4: 4 epochs x 256 / 64
+    ds = deepspeed_config(cfg, world_size=16)  # ref §1.5 ds_config_zero1_fp16.json; §2.3 global batch 64
+    assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] * 16 == 64
+    assert ds["gradient_clipping"] == 1.0 and ds["zero_optimization"] == {"stage": 1}
+    assert ds["fp16"] == {
+        "enabled": True,
+        "loss_scale": 0,
+        "initial_scale_power": 11,
+        "loss_scale_window": 2000,
+        "hysteresis": 4,
+        "min_loss_scale": 1,
+    }
+
+
+# --------------------------------------------------------------------------- the defaults' effect on the maths
+# Each test feeds the default config's value to the loss function the trainer calls with it and compares with a
+# naive formula holding the reference's literal number.
+
+
+def test_default_rewards_scale_by_2_and_clip_at_100():
+    cfg = MiniLLMConfig()
+    log_p = torch.tensor([[-1.0, -90.0, -0.5, -3.0]], dtype=torch.float64)
+    log_q = torch.tensor([[-1.3, -1.0, -30.5, -0.1]], dtype=torch.float64)
+    mask = torch.ones(1, 4)
+    r = L.rewards(log_p, log_q, mask, reward_scaling=cfg.reward_scaling, cliprange_reward=cfg.cliprange_reward)
+    # (log p - log q) / 0.5, clipped to +-100: 0.6, -178 -> -100, 60 (inside the clip), -5.8
+    expected = [[(log_p - log_q)[0, 0].item() / 0.5, -100.0, 60.0, -2.9 / 0.5]]
+    torch.testing.assert_close(r, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_default_importance_weight_mixes_one_fifth_teacher():
+    cfg = MiniLLMConfig()
+    log_q = torch.tensor([-0.2, -3.0, -7.0], dtype=torch.float64)
+    log_p = torch.tensor([-2.0, -0.1, -7.0], dtype=torch.float64)
+    q, p = log_q.exp(), log_p.exp()
+    torch.testing.assert_close(L.importance_weights(log_q, log_p, cfg.teacher_mixed_alpha), q / (0.8 * q + 0.2 * p))
+
+
+def _naive_advantages(r: list[list[float]], m: list[list[int]]) -> np.ndarray:
+    """ref §1.3 "Advantage": sum_{t' >= t} 0.95^(t'-t) r_t' over valid positions, divided by the valid count from
+    t to the end (t included, at least 1)."""
+    out = np.zeros((len(r), len(r[0])))
+    for b, (rb, mb) in enumerate(zip(r, m)):
+        for t in range(len(rb)):
+            out[b, t] = sum(0.95 ** (k - t) * rb[k] * mb[k] for k in range(t, len(rb)))
+            out[b, t] /= max(sum(mb[t:]), 1)
+    return out
+
+
+def test_default_advantages_discount_by_0_95_normalise_by_length_and_whiten_over_padding():
+    cfg = MiniLLMConfig()
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5, [1] * 6 + [0] * 2])
+    r = (torch.randn(3, 8, generator=g, dtype=torch.float64) * 2) * mask  # a long row, so gamma matters
+    adv = L.minillm_advantages(r, mask, cfg.gamma, cfg.length_normalization)
+    naive = _naive_advantages(r.tolist(), mask.tolist())
+    np.testing.assert_allclose(adv.numpy(), naive, rtol=1e-10, atol=1e-12)
+    white = L.whiten(adv, mask, include_padding=cfg.whiten_include_padding, shift_mean=True, distributed=False)
+    # ref utils.py::whiten over the padded tensor: every element (the padding's zeros too) in the statistics
+    np.testing.assert_allclose(white.numpy(), (naive - naive.mean()) / math.sqrt(naive.var() + 1e-8), rtol=1e-8)
+
+
+def test_default_ppo_clip_band_is_0_8_to_1_2():
+    cfg = MiniLLMConfig()
+    ratio = torch.tensor([[1.3, 0.7, 1.1]], dtype=torch.float64)  # outside above, outside below, inside
+    adv = torch.tensor([[1.0, -1.0, 2.0]], dtype=torch.float64)
+    old = torch.full_like(ratio, -1.0)
+    loss = L.ppo_clip_loss(old + ratio.log(), old, torch.ones_like(ratio), adv, torch.ones(1, 3), clip=cfg.cliprange)
+    # max(-A rho, -A clamp(rho, 0.8, 1.2)): -1.2, 0.8, -2.2
+    assert loss.item() == pytest.approx((-1.2 + 0.8 - 2.2) / 3, rel=1e-12)
+
+
+def test_default_pt_loss_is_half_cross_entropy_half_soft_cross_entropy():
+    cfg = MiniLLMConfig()
+    g = torch.Generator().manual_seed(1)
+    s, t = (
+        torch.randn(2, 3, 5, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 5, generator=g, dtype=torch.float64),
+    )
+    labels = torch.tensor([[4, -100, 0], [1, 2, 3]])
+    ce, soft = L.lm_cross_entropy(s, labels), L.soft_cross_entropy(s, t, labels)
+    assert abs(ce.item() - soft.item()) > 0.1  # the mix is visible
+    got = cfg.pt_coef * L.pt_loss(s, t, labels, cfg.kd_ratio)
+    assert got.item() == pytest.approx(0.5 * ce.item() + 0.5 * soft.item(), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation: every field's type and range, checked when a config is made (issue #20, item 6)
+# ----------------------------------------------------------------------------------------------------------------
+
+CLASSES = [GenerationSettings, SFTConfig, MiniLLMConfig, EvalConfig]
+
+# The `--set` values of the issue, as JSON gives them: each failed inside a stage with a traceback or was accepted.
+ISSUE_VALUES = {
+    "lr-string": ('{"lr": "fast"}', "lr must be a finite number > 0, got 'fast'"),
+    "lr-negative": ('{"lr": -1e-4}', "lr must be a finite number > 0, got -0.0001"),
+    "lr-infinite": ('{"lr": Infinity}', "lr must be a finite number > 0, got inf"),
+    "lr-zero": ('{"lr": 0}', "lr must be a finite number > 0, got 0"),
+    "steps-fraction": ('{"total_steps": 2.5}', "total_steps must be an integer > 0, got 2.5"),
+    "steps-bool": ('{"total_steps": true}', "total_steps must be an integer > 0, got True"),
+    "batch-zero": ('{"batch_size": 0}', "batch_size must be an integer > 0, got 0"),
+    "top-k-string": ('{"generation": {"top_k": "x"}}', "generation.top_k must be an integer >= 0 (0 = off), got 'x'"),
+    "precision-fp8": ('{"precision": "fp8"}', "precision must be one of 'fp32', 'fp16', 'bf16', got 'fp8'"),
+}
+ISSUE_CASES = [
+    pytest.param(cls, name, id=f"{cls.__name__}-{name}")
+    for cls in (SFTConfig, MiniLLMConfig, EvalConfig)
+    for name, (text, _) in ISSUE_VALUES.items()
+    if set(json.loads(text)) <= {f.name for f in dataclasses.fields(cls)}
+]
+
+
+@pytest.mark.parametrize(("cls", "name"), ISSUE_CASES)
+def test_issue_values_are_refused_naming_class_field_value_and_what_is_allowed(cls, name):
+    text, message = ISSUE_VALUES[name]
+    (field,) = json.loads(text)
+    if type(None) in typing.get_args(typing.get_type_hints(cls)[field]):
+        message = message.replace(", got", ", or null, got")  # SFTConfig.total_steps: None = epochs decide
+    with pytest.raises(config.ConfigError) as err:
+        config.for_scale(cls, json.loads(text))
+    assert str(err.value) == f"{cls.__name__}.{message}"
+
+
+def test_issue_values_cover_all_three_stage_configs():
+    assert {c.values[0] for c in ISSUE_CASES} == {SFTConfig, MiniLLMConfig, EvalConfig}
+    assert {c.values[1] for c in ISSUE_CASES if c.values[0] is MiniLLMConfig} == set(ISSUE_VALUES)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=[c.__name__ for c in CLASSES])
+def test_every_field_checks_its_type(cls):
+    for f in dataclasses.fields(cls):
+        with pytest.raises(config.ConfigError, match=rf"^{cls.__name__}\.{f.name} must be .*, got \[None\]$"):
+            dataclasses.replace(cls(), **{f.name: [None]})
+        if f.type not in ("str", "bool"):  # a string is no number, literal, tuple or nested config either
+            with pytest.raises(config.ConfigError, match=rf"^{cls.__name__}\.{f.name} must be "):
+                dataclasses.replace(cls(), **{f.name: "x"})
+
+
+# (class, field, values outside the range, values at its edges that are accepted)
+RANGES = [
+    (GenerationSettings, "max_new_tokens", [0, -1], [1]),
+    (GenerationSettings, "temperature", [0, -0.5, math.nan], [1e-6, 2]),
+    (GenerationSettings, "top_k", [-1], [0, 50]),
+    (GenerationSettings, "top_p", [0, 1.01], [1e-6, 1]),
+    (GenerationSettings, "no_repeat_ngram_size", [-1], [0, 6]),
+    (SFTConfig, "lr", [0, -1e-5], [1e-7]),
+    (SFTConfig, "lr_min", [-1e-9], [0]),
+    (SFTConfig, "warmup_steps", [-1], [0]),
+    (SFTConfig, "epochs", [0], [1]),
+    (SFTConfig, "total_steps", [0], [1, None]),
+    (SFTConfig, "pretrain_steps", [-1], [0]),
+    (SFTConfig, "batch_size", [0], [1]),
+    (SFTConfig, "micro_batch_size", [0], [1, None]),
+    (SFTConfig, "weight_decay", [-0.01], [0]),
+    (SFTConfig, "betas", [[0.9, 1.0], [-0.1, 0.9], [0.9], [0.9, 0.99, 0.9]], [[0, 0.999999]]),
+    (SFTConfig, "grad_clip", [0, math.inf], [0.01]),
+    (SFTConfig, "max_length", [0], [257]),
+    (SFTConfig, "max_prompt_length", [0], [1, 511]),
+    (SFTConfig, "eval_interval", [0], [1, None]),
+    (SFTConfig, "val_examples", [0], [1, None]),
+    (SFTConfig, "seed", [-1], [0]),
+    (SFTConfig, "zero_stage", [-1, 4], [0, 3]),
+    (SFTConfig, "checkpoint_interval", [0], [1]),
+    (SFTConfig, "version", [0], [1]),
+    (MiniLLMConfig, "lr", [0, -1e-6, math.inf], [1e-9]),
+    (MiniLLMConfig, "betas", [[1.0, 0.95], [0.9, -0.01]], [[0, 0]]),
+    (MiniLLMConfig, "eps", [0, -1e-8], [1e-12]),
+    (MiniLLMConfig, "weight_decay", [-1e-6], [0]),
+    (MiniLLMConfig, "warmup_steps", [-1], [0]),
+    (MiniLLMConfig, "total_steps", [0], [1]),
+    (MiniLLMConfig, "grad_clip", [0], [1e-3]),
+    (MiniLLMConfig, "rollouts_per_phase", [0, -64], [64]),
+    (MiniLLMConfig, "batch_size", [0], [1, 256]),
+    (MiniLLMConfig, "micro_batch_size", [0], [1, None]),
+    (MiniLLMConfig, "ppo_epochs", [0], [1]),
+    (MiniLLMConfig, "teacher_mixed_alpha", [1.0, -0.1], [0, 0.999]),
+    (MiniLLMConfig, "max_prompt_length", [0], [1]),
+    (MiniLLMConfig, "reward_scaling", [0], [1e-3]),
+    (MiniLLMConfig, "cliprange_reward", [0], [1e-3]),
+    (MiniLLMConfig, "gamma", [0, 1.01], [1e-3, 1]),
+    (MiniLLMConfig, "cliprange", [0, -0.2], [1e-3]),
+    (MiniLLMConfig, "kl_chunk_size", [0], [1, None]),
+    (MiniLLMConfig, "pt_coef", [-0.1], [0]),
+    (MiniLLMConfig, "kd_ratio", [-0.1, 1.01], [0, 1]),
+    (MiniLLMConfig, "pt_seq_length", [0], [1]),
+    (MiniLLMConfig, "eval_interval", [0], [1]),
+    (MiniLLMConfig, "val_examples", [0], [1, None]),
+    (MiniLLMConfig, "checkpoint_interval", [0], [1]),
+    (MiniLLMConfig, "seed", [-1], [0]),
+    (MiniLLMConfig, "seed_ppo", [-1], [0]),
+    (MiniLLMConfig, "zero_stage", [4], [0, 3]),
+    (MiniLLMConfig, "version", [0], [1]),
+    (EvalConfig, "seeds", [[], [10, -1], [1.5]], [[0]]),
+    (EvalConfig, "max_prompt_length", [0], [1]),
+    (EvalConfig, "batch_size", [0], [1]),
+    (EvalConfig, "num_examples", [0], [1, None]),
+    (EvalConfig, "version", [0], [1]),
+]
+
+
+@pytest.mark.parametrize(("cls", "name", "bad", "good"), RANGES, ids=[f"{c.__name__}.{n}" for c, n, _, _ in RANGES])
+def test_every_numeric_field_checks_its_range(cls, name, bad, good):
+    for value in bad:
+        with pytest.raises(config.ConfigError, match=rf"^{cls.__name__}\.{name} must be .*, got "):
+            dataclasses.replace(cls(), **{name: value})
+    for value in good:
+        got = getattr(dataclasses.replace(cls(), **{name: value}), name)
+        assert got == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_the_range_table_covers_every_numeric_field():
+    numeric = {
+        (cls, f.name)
+        for cls in CLASSES
+        for f in dataclasses.fields(cls)
+        if config._numeric(typing.get_type_hints(cls)[f.name])
+    }
+    assert numeric == {(cls, name) for cls, name, _, _ in RANGES}
+
+
+def test_checks_between_fields():
+    cases = [
+        (SFTConfig, {"lr": 1e-4, "lr_min": 1e-3}, "SFTConfig.lr_min must be <= lr (0.0001), got 0.001"),
+        (SFTConfig, {"max_length": 256}, "SFTConfig.max_prompt_length must be < max_length (256), got 256"),
+        (
+            SFTConfig,
+            {"micro_batch_size": 5},
+            "SFTConfig.micro_batch_size must be a divisor of batch_size (32), or null, got 5",
+        ),
+        (
+            MiniLLMConfig,
+            {"rollouts_per_phase": 100},
+            "MiniLLMConfig.rollouts_per_phase must be a multiple of batch_size (64), got 100",
+        ),
+        (
+            MiniLLMConfig,
+            {"policy_gradient": False, "single_step": False},
+            "MiniLLMConfig.single_step must be true when policy_gradient is false (at least one loss term must be on), "
+            "got False",
+        ),
+        (EvalConfig, {"seeds": []}, "EvalConfig.seeds must be a non-empty list of integers >= 0, got ()"),
+    ]
+    for cls, overrides, message in cases:
+        with pytest.raises(config.ConfigError) as err:
+            config.for_scale(cls, overrides)
+        assert str(err.value) == message
+    assert config.for_scale(MiniLLMConfig, {"micro_batch_size": 128}).micro_batch_size == 128  # capped, not split
+
+
+def test_json_values_are_normalised_without_changing_hashes():
+    cfg = config.for_scale(EvalConfig, json.loads('{"seeds": [10, 20], "batch_size": 4.0}'))
+    assert cfg.seeds == (10, 20) and type(cfg.batch_size) is int and cfg.batch_size == 4
+    assert config.config_hash(cfg) == config.config_hash(EvalConfig(seeds=(10, 20), batch_size=4))
+    lr = config.for_scale(MiniLLMConfig, {"lr": 1, "betas": [0, 0.5]})
+    assert lr.lr == 1 and type(lr.lr) is int and lr.betas == (0, 0.5)  # kept as written: hashes read them so
+    hash(lr)  # frozen configs stay hashable (no lists inside)
+
+
+def test_registry_scales_and_defaults_validate():
+    for cls in CLASSES:
+        cls()
+    for sc in registry.SCALES.values():
+        for cls, overrides in ((SFTConfig, sc.sft), (MiniLLMConfig, sc.minillm), (EvalConfig, sc.evaluation)):
+            cfg = config.for_scale(cls, overrides)
+            assert dataclasses.replace(cfg) == cfg  # validation is idempotent
+        for family, sizes in sc.models.items():
+            for size in sizes:
+                spec = sc.model(family, size)
+                if spec.sft_lr is not None:
+                    config.for_scale(SFTConfig, sc.sft, lr=spec.sft_lr, select_by="rouge_l")
+
+
+def test_a_numeric_field_without_a_range_is_a_programming_error():
+    @dataclasses.dataclass(frozen=True)
+    class Unchecked:
+        steps: int = 1
+
+        def __post_init__(self):
+            config._validate(self)
+
+    with pytest.raises(TypeError, match=r"Unchecked.steps has no range"):
+        Unchecked()
