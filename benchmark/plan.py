@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,10 @@ class Stage:
     source: str | None = None  # a public checkpoint (hub id) that provides this stage's output instead
     entry: str | None = None  # for distill/evaluate: the entry key whose path this stage ends
     id: str = ""
+    # The run's `--set` overrides that changed this stage or a stage it depends on ({} when the stage is the scale's
+    # default one). Provenance only, recorded in stage.json and in every evaluation record: not part of the id,
+    # which already reflects the changed config values themselves.
+    overrides: dict = field(default_factory=dict, compare=False)
 
     @property
     def dirname(self) -> str:
@@ -69,6 +74,7 @@ class Plan:
     scale: str
     stages: dict[str, Stage]  # id -> stage, in topological order
     entries: dict[str, str]  # entry key -> its evaluate stage id
+    overrides: dict[str, dict] = field(default_factory=dict)  # the run's `--set` overrides, by config kind
 
     def by_kind(self, kind: str) -> list[Stage]:
         return [s for s in self.stages.values() if s.kind == kind]
@@ -189,7 +195,27 @@ def build_plan(
                 entry=e.key,
             )
         )
-    return Plan(scale=sc.name, stages=_toposort(stages), entries=entry_stage)
+    plan = Plan(scale=sc.name, stages=_toposort(stages), entries=entry_stage, overrides=overrides)
+    if overrides:
+        default = build_plan(names, scale_name, retrain_one_step=retrain_one_step).stages
+        for sid, s in plan.stages.items():
+            if sid not in default:
+                plan.stages[sid] = dataclasses.replace(s, overrides=_effective_overrides(plan, s))
+    return plan
+
+
+# The config kind each stage kind reads (the `--set KIND=...` that can change it).
+_CONFIG_KIND = {"sft": "sft", "distill": "minillm", "evaluate": "evaluation"}
+
+
+def _effective_overrides(plan: Plan, stage: Stage) -> dict[str, dict]:
+    """The run's overrides of the config kinds read by `stage` or by any stage upstream of it."""
+    kinds, todo = set(), [stage]
+    while todo:
+        s = todo.pop()
+        kinds.add(_CONFIG_KIND.get(s.kind))
+        todo += [plan.stages[i] for i in s.inputs.values()]
+    return {k: v for k, v in plan.overrides.items() if k in kinds}
 
 
 def _toposort(stages: dict[str, Stage]) -> dict[str, Stage]:
@@ -253,36 +279,57 @@ def _hop_budget_ratio(stage: Stage, scale_name: str) -> float:
     return cfg["total_steps"] * cfg["batch_size"] / (default.total_steps * default.batch_size)
 
 
-def stage_cost(stage: Stage, scale_name: str) -> str:
+def stage_cost_value(stage: Stage, scale_name: str) -> tuple[float, str] | None:
+    """(amount, unit) of a stage's estimated cost: CPU seconds at small/tiny, GPU-hours at paper scale; None for a
+    download or a stage too cheap to estimate (data preparation)."""
     if stage.source:
-        return "download"
+        return None
     if scale_name in ("small", "tiny"):
         seconds = (_SMALL_SECONDS if scale_name == "small" else _TINY_SECONDS)[stage.kind]
         if stage.kind == "distill":  # a third of a default small hop is its before/after measures, the rest training
             seconds = seconds * (1 + 2 * _hop_budget_ratio(stage, scale_name)) / 3
-        return f"~{seconds:.0f} s CPU"
+        return seconds, "s CPU"
     if stage.kind == "distill":
         path = stage.config["path"]
         params = _PAPER_PARAMS_B[path[-1]] + _PAPER_PARAMS_B[path[-2]]
-        return f"~{20 * params * _hop_budget_ratio(stage, scale_name):.0f} V100-GPU-h"
+        return 20 * params * _hop_budget_ratio(stage, scale_name), "V100-GPU-h"
     if stage.kind == "evaluate":
-        return "~1 GPU-h"
+        return 1.0, "GPU-h"
+    return None
+
+
+def stage_cost(stage: Stage, scale_name: str) -> str:
+    if stage.source:
+        return "download"
+    cost = stage_cost_value(stage, scale_name)
+    if cost is not None:
+        return f"~{cost[0]:.0f} {cost[1]}"
     return "minutes" if stage.kind == "data" else "hours (SFT)"
 
 
 def describe(plan: Plan, run_dir: Path) -> str:
+    """The plan as a table (status, kind, stage directory, estimated cost, inputs) with totals: stage counts by
+    status and the estimated cost of the stages still to run."""
     lines = [
         f"plan: {len(plan.stages)} stages at scale {plan.scale} (run dir {run_dir})",
         f"{'status':<8} {'kind':<9} {'stage':<48} {'cost':<18} inputs",
     ]
     names = {s.id: s.name for s in plan.stages.values()}
-    for s in plan.stages.values():
-        src = f"<- {s.source}" if s.source else ", ".join(f"{k}={names[v]}" for k, v in s.inputs.items() if k != "data")
-        lines.append(f"{stage_status(s, run_dir):<8} {s.kind:<9} {s.dirname:<48} {stage_cost(s, plan.scale):<18} {src}")
     counts: dict[str, int] = {}
+    todo: dict[str, float] = {}  # unit -> estimated cost of the stages still to run
     for s in plan.stages.values():
-        counts[stage_status(s, run_dir)] = counts.get(stage_status(s, run_dir), 0) + 1
+        status = stage_status(s, run_dir)
+        counts[status] = counts.get(status, 0) + 1
+        src = f"<- {s.source}" if s.source else ", ".join(f"{k}={names[v]}" for k, v in s.inputs.items() if k != "data")
+        lines.append(f"{status:<8} {s.kind:<9} {s.dirname:<48} {stage_cost(s, plan.scale):<18} {src}")
+        cost = stage_cost_value(s, plan.scale)
+        if status in ("run", "resume") and cost is not None:
+            todo[cost[1]] = todo.get(cost[1], 0.0) + cost[0]
     lines.append("totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if todo:
+        parts = [f"~{v / 60:.0f} min CPU" if u == "s CPU" else f"~{v:.0f} {u}" for u, v in todo.items()]
+        extra = " (stage times summed: concurrent stages finish sooner)" if "s CPU" in todo else ""
+        lines.append("estimated cost of the stages to run: " + " + ".join(parts) + extra)
     return "\n".join(lines)
 
 
@@ -305,7 +352,10 @@ def write_stage_spec(stage: Stage, plan: Plan, run_dir: Path) -> Path:
         "config": stage.config,
         "inputs": inputs,
         "input_ids": stage.inputs,
+        "overrides": stage.overrides,
         "results": str(d / "records.jsonl"),
     }
-    (d / "stage.json").write_text(json.dumps(spec, indent=2))
+    tmp = d / ".stage.json.tmp"  # atomic: a full disk leaves the previous stage.json, never a truncated one
+    tmp.write_text(json.dumps(spec, indent=2))
+    os.replace(tmp, d / "stage.json")
     return d

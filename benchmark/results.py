@@ -2,7 +2,8 @@
 
     >>> from benchmark import results
     >>> df = results.read("runs/small")                      # a directory or the file itself
-    >>> df[df.metric == "rouge_l"][["entry", "stage", "mean", "std"]]
+    >>> df[df.metric == "rouge_l"][["entry", "stage", "overrides", "mean", "std"]]
+    >>> results.read("runs/small", overrides={})              # only records of the scale's default configs
 
 Notebooks read only `read()`. Writers call `append(path, records)`; `benchmark.evaluate.evaluate_model` is the one
 writer today.
@@ -13,6 +14,8 @@ Schema (SCHEMA_VERSION = 1), one JSON object per line:
     entry           registry entry key ("gpt2/1.5B>760M>120M") or null
     scale           "paper" | "small" | "tiny" | null
     stage           stage id (the chain runner's content-addressed name) or null
+    overrides       the `--set` overrides ({kind: {field: value}}) that changed this stage or one upstream of it;
+                    {} for the scale's defaults (a record without the field reads as {})
     model           {"path": absolute local directory or null, "hub_id": hub id or null,
                      "sha256": hash of the weight files' names and bytes (see `model_identity`) or null}
     metric          a key of METRICS: rouge_l, exact_match, perplexity_gold, perplexity_gold_token, perplexity_samples
@@ -248,6 +251,7 @@ _COLUMNS = [
     "entry",
     "scale",
     "stage",
+    "overrides",
     "model.path",
     "model.hub_id",
     "model.sha256",
@@ -268,10 +272,35 @@ _COLUMNS = [
 ]
 
 
-def read(path_or_dir):
-    """The store as a pandas DataFrame, one row per record; `model` is flattened to model.path/hub_id/sha256.
+def _expected_overrides(overrides, scale: str | None) -> dict[str, str]:
+    """entry -> the overrides its evaluation records carry when run with `overrides` at `scale` ({} without a
+    scale or overrides: every record is then compared with `overrides` itself)."""
+    key = overrides_key(overrides)
+    if scale is None or key == "{}":
+        return {}
+    from benchmark.plan import build_plan
 
-    A line that is not a JSON object raises ResultsError naming the file and the line number.
+    plan = build_plan(["all"], scale, overrides=json.loads(key))
+    return {e: overrides_key(plan.stages[sid].overrides) for e, sid in plan.entries.items()}
+
+
+def overrides_key(overrides) -> str:
+    """The canonical text of an overrides dict (how `read` shows and compares them): '{}' for none."""
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides) if overrides.strip() else {}
+    return json.dumps(overrides or {}, sort_keys=True, separators=(",", ":"))
+
+
+def read(path_or_dir, *, overrides=None, scale: str | None = None):
+    """The store as a pandas DataFrame, one row per record; `model` is flattened to model.path/hub_id/sha256 and
+    `overrides` is canonical JSON text ('{}' for the scale's defaults).
+
+    `overrides` (a dict or JSON text of `--set` overrides, {kind: {field: value}}) keeps the records of one
+    configuration: default and override records of an entry coexist in a store, and a table shows one of them.
+    Without `scale` a record is kept when its overrides are exactly these. With `scale`, each entry keeps the
+    records of its evaluate stage in the plan of that scale with these overrides: an entry whose stages the
+    overrides do not change (the teacher's, under a MiniLLM override) keeps its default records. A line that is not
+    a JSON object raises ResultsError naming the file and the line number.
     """
     import pandas as pd
 
@@ -293,7 +322,11 @@ def read(path_or_dir):
                 raise ResultsError(f"{path}:{lineno}: schema {rec['schema']!r}, this reader knows {SCHEMA_VERSION}")
             model = rec.pop("model", None) or {}
             rec.update({f"model.{k}": model.get(k) for k in ("path", "hub_id", "sha256")})
+            rec["overrides"] = overrides_key(rec.get("overrides"))
             rows.append(rec)
+    if overrides is not None:
+        wanted = _expected_overrides(overrides, scale)
+        rows = [r for r in rows if r["overrides"] == wanted.get(r.get("entry"), overrides_key(overrides))]
     if not rows:
         return pd.DataFrame(columns=_COLUMNS)
     df = pd.DataFrame(rows)

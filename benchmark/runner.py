@@ -1,37 +1,79 @@
-"""Execute a plan: each stage once, resumable, concurrent where possible, one lock per run directory.
+"""Execute a plan: each stage once, verified, resumable, concurrent where possible, one lock per run directory.
 
     python -m benchmark run table1 --scale small --out runs/small [--jobs 2] [--prune-checkpoints]
     python -m benchmark reproduce all --scale small --out runs/small   # run, then regenerate paper_tables/small
+    python -m benchmark status --out runs/small                        # every stage: done / running / failed / ...
+    python -m benchmark run table1 --scale small --out runs/small --redo distill-gpt2-1.5B_760M
 
 Every stage runs in its own process (`python -m benchmark _stage STAGE_DIR`; under the `deepspeed` launcher when
-GPUs exist) with its log at `STAGE_DIR/log.txt`. A stage is finished when `DONE.json` exists, written atomically
-after its outputs; an interrupted stage has no DONE.json and resumes from its last checkpoint. Evaluation records
-live in each evaluate stage's `records.jsonl` and are merged into `RUN/results.jsonl` (atomically) after every
-evaluation, so the results store never holds a half-finished stage.
+GPUs exist) with its log at `STAGE_DIR/log.txt`; it holds STAGE_DIR/.lock while it runs and dies with the runner
+(a parent-death signal), so a killed run leaves no stage behind. A stage is finished when `DONE.json` exists,
+written atomically after its outputs, with the size and sha256 of every output file: each run verifies the
+finished stages it reuses and moves a damaged one to RUN/attic before running it again. An interrupted stage
+resumes from its last checkpoint. A stage that raises writes FAILED.json (the error and what to do about its
+cause), which the failure report quotes. Evaluation records live in each evaluate stage's `records.jsonl` and are
+merged into `RUN/results.jsonl` (atomically) after every evaluation; merging only adds records or replaces a
+stage's own, so the results store never shrinks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from benchmark import BenchmarkError, registry
+from benchmark import BenchmarkError, registry, results
 from benchmark.plan import DONE_FILE, Plan, Stage, build_plan, describe, stage_status, write_stage_spec
+from benchmark.plan import __doc__ as plan_doc
+
+FAILED_FILE = "FAILED.json"  # written by a stage that raised: what failed and what to do
 
 
 class RunError(BenchmarkError):
     pass
+
+
+def _holder(fh) -> str:
+    fh.seek(0)
+    return fh.read().strip() or "another process"
+
+
+def _try_lock(path: Path):
+    """An open file holding an exclusive flock on `path` (created if needed), or the holder's description (str) when
+    another process holds it. A lock dies with its process: a killed run never leaves a stale one."""
+    try:
+        fh = path.open("a+")
+    except PermissionError as exc:
+        raise RunError(f"cannot write {path} ({exc.strerror}): choose a writable --out directory") from None
+    except OSError as exc:
+        raise RunError(f"cannot create {path}: {exc.strerror}; choose another --out directory") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fh)
+        fh.close()
+        return holder
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    fh.flush()
+    return fh
 
 
 class RunLock:
@@ -42,27 +84,109 @@ class RunLock:
         self.fh = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = self.path.open("a+")
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
-            self.fh.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create the run directory {self.path.parent}: {exc.strerror}") from None
+        got = _try_lock(self.path)
+        if isinstance(got, str):
             raise RunError(
-                f"{self.path.parent} is in use by {holder}; wait for it to finish, or use another --out "
+                f"{self.path.parent} is in use by {got}; wait for it to finish, or use another --out "
                 "directory (finished stages can be shared by copying their stage directories)"
-            ) from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        self.fh.flush()
+            )
+        self.fh = got
         return self
 
     def __exit__(self, *exc):
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
+
+
+def stage_holder(stage_dir: Path) -> str | None:
+    """Who is running the stage in `stage_dir` now (its process holds `.lock` there), or None."""
+    lock = stage_dir / ".lock"
+    if not lock.exists():
+        return None
+    with lock.open() as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fh)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finished stages: DONE.json lists every output file with its size and sha256; reused stages are verified
+# ----------------------------------------------------------------------------------------------------------------
+
+# Not outputs: the runner's and the stage's own bookkeeping, resumable checkpoints, logs and temporaries (dot files).
+_NOT_OUTPUTS = {DONE_FILE, FAILED_FILE, "stage.json", "log.txt", "tensorboard"}
+
+
+def output_files(stage_dir: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of a stage's outputs (model/, data/, summary.json, records.jsonl, ...)."""
+    out = {}
+    for path in sorted(stage_dir.rglob("*")):
+        rel = path.relative_to(stage_dir)
+        if rel.parts[0] in _NOT_OUTPUTS or rel.parts[0] == "checkpoints" or any(p.startswith(".") for p in rel.parts):
+            continue
+        if path.is_file():
+            out[rel.as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_stage(stage_dir: Path) -> list[str]:
+    """What is wrong with a finished stage's outputs (missing, truncated or altered files), [] when intact.
+
+    A DONE.json written before manifests existed is trusted once: its manifest is recorded now."""
+    done_path = stage_dir / DONE_FILE
+    try:
+        done = json.loads(done_path.read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{DONE_FILE} is unreadable ({exc})"]
+    if not isinstance(done, dict):
+        return [f"{DONE_FILE} is not a JSON object"]
+    if "files" not in done:
+        done["files"] = output_files(stage_dir)
+        _write_json_atomic(done_path, done)
+        return []
+    problems = []
+    for rel, want in done["files"].items():
+        f = stage_dir / rel
+        if not f.is_file():
+            problems.append(f"{rel} is missing")
+        elif f.stat().st_size != want["size"]:
+            problems.append(f"{rel} has {f.stat().st_size} bytes, {want['size']} when the stage finished")
+        elif file_sha256(f) != want["sha256"]:
+            problems.append(f"{rel} differs from what the stage wrote (sha256 mismatch)")
+    return problems
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def move_aside(run_dir: Path, stage: Stage, reason: str) -> Path:
+    """Move a stage directory to RUN/attic/<stage>.<reason>-<time> (never deleted: delete it yourself when sure)."""
+    src = run_dir / "stages" / stage.dirname
+    dst = run_dir / "attic" / f"{stage.dirname}.{reason}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while dst.exists():
+        dst, n = dst.with_name(f"{dst.name}-{n}"), n + 1
+    os.replace(src, dst)
+    return dst
 
 
 def _gpus() -> int:
@@ -92,7 +216,9 @@ def _command(stage: Stage, stage_dir: Path, gpu_group: list[str]) -> list[str]:
     if gpu_group and stage.kind in ("sft", "distill"):
         # The launcher takes its GPUs from CUDA_VISIBLE_DEVICES (see _stage_env); a port of its own per stage, so
         # stages running side by side on one node do not meet at the launcher's default port.
-        return ["deepspeed", "--master_port", str(free_port()), "--module", "benchmark", "_stage", str(stage_dir)]
+        launcher = ["deepspeed", "--master_port", str(free_port()), "--module", "benchmark", "_stage", str(stage_dir)]
+        # the launcher is not ours: a guard that dies with the runner takes the launcher and its ranks with it
+        return [sys.executable, "-m", "benchmark", "_guard", *launcher]
     return [sys.executable, "-m", "benchmark", "_stage", str(stage_dir)]
 
 
@@ -104,6 +230,7 @@ LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
 def _stage_env(threads: int, gpu_group: list[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    env[PARENT_VAR] = str(os.getpid())  # the stage (or its guard) exits if this process is gone: no orphans
     if gpu_group:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_group)
     return env
@@ -116,40 +243,104 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def merge_results(plan: Plan, run_dir: Path) -> Path:
-    """RUN/results.jsonl = the records of every finished evaluate stage (rewritten atomically)."""
-    lines = []
+    """Merge the records of every finished evaluate stage of `plan` into RUN/results.jsonl (atomically).
+
+    The store only grows: a finished stage's records replace that same stage's earlier records, and every other
+    record (other entries, other configs, other overrides, lines this reader cannot parse) is kept as it is. The
+    notebooks choose among an entry's records by their `overrides` (default: none) and, among equals, the newest."""
+    finished: dict[str, list[str]] = {}
     for s in plan.by_kind("evaluate"):
         d = run_dir / "stages" / s.dirname
-        if (d / DONE_FILE).exists():
-            lines += [ln for ln in (d / "records.jsonl").read_text().splitlines() if ln.strip()]
-    # Keep the records of entries outside this plan (e.g. Table 1 run after Table 2); an entry of this plan is
-    # represented only by its current evaluate stage, never by a stage whose config has since changed.
+        if (d / DONE_FILE).exists() and (d / "records.jsonl").exists():
+            finished[s.id] = [ln for ln in (d / "records.jsonl").read_text().splitlines() if ln.strip()]
     store = run_dir / "results.jsonl"
-    mine = {s.entry for s in plan.by_kind("evaluate")}
+    kept = []
     if store.exists():
-        lines = [
-            ln for ln in store.read_text().splitlines() if ln.strip() and json.loads(ln).get("entry") not in mine
-        ] + lines
+        for ln in store.read_text(errors="replace").splitlines():
+            if not ln.strip():
+                continue
+            try:
+                stage = json.loads(ln).get("stage")
+            except (ValueError, AttributeError):
+                stage = None  # not ours to judge: kept verbatim (results.read names the line)
+            if stage not in finished:
+                kept.append(ln)
+    lines = kept + [ln for recs in finished.values() for ln in recs]
     tmp = store.with_name(".results.jsonl.tmp")
     tmp.write_text("".join(ln + "\n" for ln in lines))
     os.replace(tmp, store)
     return store
 
 
+def _reusable(plan: Plan, run_dir: Path, status: dict[str, str], redo: set[str], progress: bool) -> None:
+    """Verify every finished stage the plan reuses; move damaged stages and those in `redo` aside (RUN/attic) so
+    that they run again. Updates `status` in place."""
+    done = [sid for sid, st in status.items() if st == "done"]
+    for sid in tqdm(done, desc="verifying finished stages", disable=not progress or not done, leave=False):
+        stage = plan.stages[sid]
+        if sid in redo:
+            where = move_aside(run_dir, stage, "redo")
+            print(f"redo {stage.dirname}: moved to {where}")
+            status[sid] = "run"
+            continue
+        problems = verify_stage(run_dir / "stages" / stage.dirname)
+        if problems:
+            where = move_aside(run_dir, stage, "damaged")
+            print(f"damaged {stage.dirname}: {'; '.join(problems)}; moved to {where} and run again")
+            status[sid] = "run"
+    for sid in redo - set(done):  # interrupted or failed stages asked to start over
+        d = run_dir / "stages" / plan.stages[sid].dirname
+        if d.exists() and status[sid] != "sourced":
+            where = move_aside(run_dir, plan.stages[sid], "redo")
+            print(f"redo {plan.stages[sid].dirname}: moved to {where}")
+            status[sid] = "run"
+
+
+def resolve_redo(plan: Plan, names: list[str]) -> set[str]:
+    """Stage ids to redo for `--redo NAME`: NAME is a stage directory name, its readable name, its id, or an entry
+    key (the stage that trains the entry's final model). Every stage of the plan downstream of it is redone too."""
+    out: set[str] = set()
+    for name in names:
+        hits = [s.id for s in plan.stages.values() if name in (s.dirname, s.name, s.id)]
+        if not hits and name in plan.entries:
+            model = plan.stages[plan.entries[name]].inputs["model"]
+            hits = [model]
+        if not hits:
+            raise RunError(
+                f"--redo {name!r}: no such stage or entry in this plan; give a stage directory name from "
+                "`python -m benchmark plan ...` (e.g. distill-gpt2-1.5B_760M) or an entry key of the plan"
+            )
+        for sid in hits:
+            if plan.stages[sid].source:
+                raise RunError(f"--redo {name!r}: {plan.stages[sid].dirname} is a public checkpoint, nothing to redo")
+            out |= {sid} | plan.dependents(sid)
+    return out
+
+
 def run_plan(
-    plan: Plan, run_dir: Path, *, jobs: int | None = None, prune_checkpoints: bool = False, progress: bool = True
+    plan: Plan,
+    run_dir: Path,
+    *,
+    jobs: int | None = None,
+    prune_checkpoints: bool = False,
+    progress: bool = True,
+    redo: set[str] = frozenset(),
 ) -> dict[str, str]:
     """Run every stage not yet done; returns stage id -> final status. Raises RunError listing failed stages
-    (with their logs) after every runnable stage has finished; finished stages are kept."""
+    (with their logs and what to do) after every runnable stage has finished; finished stages are kept.
+
+    Finished stages are verified against their DONE.json manifests first: a damaged one is moved to RUN/attic and
+    run again, as are the stages in `redo` (see `resolve_redo`)."""
     run_dir = Path(run_dir)
     gpus = _gpus()
     cores = os.cpu_count() or 1
     jobs = jobs or (1 if gpus else cores)
     free_groups = _gpu_groups(gpus, jobs) if gpus else [[] for _ in range(jobs)]
-    status = {sid: stage_status(s, run_dir) for sid, s in plan.stages.items()}
     priority = _critical_path(plan)
     failed: dict[str, str] = {}
     with RunLock(run_dir):
+        status = {sid: stage_status(s, run_dir) for sid, s in plan.stages.items()}
+        _reusable(plan, run_dir, status, set(redo), progress)
         todo = [sid for sid, st in status.items() if st in ("run", "resume")]
         bar = tqdm(total=len(todo), desc=f"stages ({plan.scale})", disable=not progress, dynamic_ncols=True)
         running: dict[Future, tuple[str, list[str]]] = {}  # -> (stage id, its GPU group)
@@ -159,7 +350,7 @@ def run_plan(
                 blocked = {
                     sid
                     for sid in todo
-                    if any(status[d] == "failed" or d in failed for d in plan.stages[sid].inputs.values())
+                    if any(status[d] in ("failed", "blocked") or d in failed for d in plan.stages[sid].inputs.values())
                 }
                 for sid in blocked:
                     todo.remove(sid)
@@ -174,12 +365,21 @@ def run_plan(
                 for sid in ready[: jobs - len(running)]:
                     todo.remove(sid)
                     stage = plan.stages[sid]
-                    stage_dir = write_stage_spec(stage, plan, run_dir)
+                    holder = stage_holder(run_dir / "stages" / stage.dirname)
+                    if holder:  # e.g. a stage left running by a run killed on a system without parent-death signals
+                        status[sid] = "failed"
+                        failed[sid] = (
+                            f"stage {stage.dirname} is still being run by {holder} (not by this run): wait for it "
+                            "to finish or stop that process, then rerun"
+                        )
+                        bar.update(1)
+                        continue
+                    stage_dir = _write_spec(stage, plan, run_dir)
                     status[sid] = "running"
                     group = free_groups.pop()
                     running[pool.submit(_run_stage, stage, stage_dir, group, threads)] = (sid, group)
                 if not running:
-                    break
+                    continue
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     sid, group = running.pop(fut)
@@ -199,13 +399,31 @@ def run_plan(
                     bar.set_postfix_str(stage.name, refresh=False)
                     bar.update(1)
         bar.close()
-    merge_results(plan, run_dir)
+        merge_results(plan, run_dir)
     if failed:
         raise RunError(
-            f"{len(failed)} stage(s) failed; every other finished stage is kept and a rerun continues "
-            "from here:\n" + "\n\n".join(failed.values())
+            f"{len(failed)} stage(s) failed; every other finished stage is kept:\n" + "\n\n".join(failed.values())
         )
     return status
+
+
+def _write_spec(stage: Stage, plan: Plan, run_dir: Path) -> Path:
+    try:
+        return write_stage_spec(stage, plan, run_dir)
+    except OSError as exc:
+        raise RunError(_os_error_sentence(exc, run_dir)) from None
+
+
+def _os_error_sentence(exc: OSError, where: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"no space left on the device that holds {where}: free some space (`--prune-checkpoints` drops the "
+            f"resumable checkpoints of finished stages; {where}/attic holds moved-aside stages) and rerun: finished "
+            "stages are kept"
+        )
+    if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write to {where} ({exc.strerror}): choose a writable --out directory"
+    return f"cannot write to {where}: {exc}"
 
 
 # Relative cost of a stage kind for scheduling (an SFT teacher trains the largest model of its family).
@@ -230,6 +448,7 @@ def _critical_path(plan: Plan) -> dict[str, float]:
 def _run_stage(stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int) -> str | None:
     """Run one stage in a subprocess; returns None on success or an actionable error message."""
     log = stage_dir / "log.txt"
+    (stage_dir / FAILED_FILE).unlink(missing_ok=True)
     cmd, env = _command(stage, stage_dir, gpu_group), _stage_env(threads, gpu_group)
     with log.open("a") as fh:
         gpus = f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if gpu_group else ""
@@ -238,17 +457,89 @@ def _run_stage(stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     if proc.returncode == 0 and (stage_dir / DONE_FILE).exists():
         return None
-    hint = (
-        "out of memory: lower the micro-batch (--set '{\"batch_size\": ...}' keeps the global batch; use more "
-        "GPUs or ZeRO-3)"
-        if "out of memory" in _tail(log, 50).lower()
-        else "fix the cause shown above and rerun the same command: finished stages are not recomputed and this "
-        "stage resumes from its last checkpoint"
-    )
+    what, advice = _failure(stage_dir, proc.returncode, log)
     return (
-        f"stage {stage.dirname} ({stage.kind}) exited with code {proc.returncode}; log: {log}\n"
-        f"--- last lines ---\n{_tail(log)}\n--- what to do: {hint}"
+        f"stage {stage.dirname} ({stage.kind}) failed: {what}\nlog: {log}\n"
+        f"--- last lines ---\n{_tail(log)}\n--- what to do: {advice}"
     )
+
+
+RESUME_ADVICE = (
+    "rerun the same command: finished stages are not recomputed and this stage resumes from its last checkpoint"
+)
+
+
+def _failure(stage_dir: Path, returncode: int, log: Path) -> tuple[str, str]:
+    """(what happened, what to do) for a failed stage: from the FAILED.json the stage wrote when it raised, else from
+    how its process ended."""
+    try:
+        info = json.loads((stage_dir / FAILED_FILE).read_text())
+        return f"{info['error']}: {info['message']}", info["advice"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        hint = " (the kernel's out-of-memory killer sends SIGKILL: see `dmesg`)" if sig == "SIGKILL" else ""
+        return f"killed by {sig}{hint}", RESUME_ADVICE
+    if "out of memory" in _tail(log, 50).lower():
+        return f"exited with code {returncode} (out of memory)", OOM_ADVICE
+    return f"exited with code {returncode}", RESUME_ADVICE
+
+
+OOM_ADVICE = (
+    "out of memory: lower the micro-batch (--set minillm='{\"micro_batch_size\": N}' keeps the global batch and the "
+    "results), use more GPUs or ZeRO-3 (--set minillm='{\"zero_stage\": 3}'); then rerun"
+)
+
+
+def failure_advice(exc: BaseException, stage_dir: Path) -> str:
+    """What to do about an exception raised inside a stage, by cause (recorded in FAILED.json)."""
+    from benchmark.config import ConfigError
+
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ConfigError):
+        return (
+            "the stage's configuration is invalid: change the --set value the message names (or the scale in "
+            "benchmark/registry.py) and rerun; rerunning unchanged fails the same way"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return _os_error_sentence(exc, stage_dir)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return OOM_ADVICE
+    if any(m in text for m in _DAMAGED) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL):
+        own = stage_dir.name
+        others = sorted({m for m in _STAGE_PATH.findall(traceback.format_exc() + text) if m != own})
+        where = (
+            f"it comes from stage(s) {', '.join(others)}: redo them with `python -m benchmark run ... --redo "
+            f"{others[0].rsplit('-', 1)[0]}`"
+            if others
+            else "if it is one of this stage's own checkpoints, delete that checkpoint directory (the one before is "
+            "used) or rerun with `--redo " + own.rsplit("-", 1)[0] + "` to start the stage over"
+        )
+        return f"a file this stage reads is damaged ({text[:300]}); {where}"
+    if isinstance(exc, BenchmarkError):
+        return "fix what the message says, then rerun the same command; rerunning without that fix fails the same way"
+    if isinstance(exc, KeyboardInterrupt):
+        return RESUME_ADVICE
+    return (
+        "an unexpected error (its traceback is in the log): if the cause was passing (a killed process, a full disk) "
+        + RESUME_ADVICE
+        + "; otherwise report it with the log"
+    )
+
+
+# What damaged files look like when they are read (safetensors, torch.load, json, transformers' config reader).
+_DAMAGED = (
+    "SafetensorError",
+    "UnpicklingError",
+    "JSONDecodeError",
+    "EOFError",
+    "invalid header",
+    "PytorchStreamReader",
+    "not a valid JSON",
+    "incomplete metadata",
+)
+_STAGE_PATH = re.compile(r"/stages/([A-Za-z0-9_.>-]+-[0-9a-f]{12})(?:/|\b)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,7 +547,35 @@ def _run_stage(stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def execute_stage(stage_dir: Path) -> None:
+    """Run the stage described by STAGE_DIR/stage.json; DONE.json (with the manifest of its outputs) is written last.
+
+    The stage holds STAGE_DIR/.lock while it runs (a second process on the same stage stops at once), and when it
+    raises, FAILED.json records the error and what to do about it (the runner reports that)."""
+    stage_dir = Path(stage_dir)
+    lock = _try_lock(stage_dir / ".lock") if _is_rank0() else None
+    if isinstance(lock, str):
+        raise RunError(f"stage {stage_dir} is already being run by {lock}: wait for it or stop that process")
+    try:
+        _execute(stage_dir)
+    except BaseException as exc:
+        if _is_rank0() and not isinstance(exc, SystemExit):
+            info = {"error": type(exc).__name__, "message": str(exc)[:4000], "advice": failure_advice(exc, stage_dir)}
+            try:
+                _write_json_atomic(stage_dir / FAILED_FILE, info)
+            except OSError:  # e.g. the disk is full: the runner falls back to the exit status and the log
+                pass
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _execute(stage_dir: Path) -> None:
     spec = json.loads((stage_dir / "stage.json").read_text())
     kind, inputs, cfg = spec["kind"], spec["inputs"], spec["config"]
     t0 = time.time()
@@ -287,7 +606,7 @@ def execute_stage(stage_dir: Path) -> None:
 
         tmp = stage_dir / ".records.jsonl.tmp"
         tmp.unlink(missing_ok=True)
-        evaluate_model(
+        records = evaluate_model(
             inputs["model"],
             load_prepared(inputs["data"]),
             _config(EvalConfig, cfg["evaluation"]),
@@ -295,9 +614,10 @@ def execute_stage(stage_dir: Path) -> None:
             entry=spec["entry"],
             scale=spec["scale"],
             stage=spec["id"],
-            results_path=tmp,
             progress=False,
         )
+        # every record names the `--set` overrides that produced it ({} for the scale's defaults)
+        results.append(tmp, [r | {"overrides": spec.get("overrides") or {}} for r in records])
         os.replace(tmp, stage_dir / "records.jsonl")
     else:  # pragma: no cover - the planner makes only these kinds
         raise RunError(f"unknown stage kind {kind!r} in {stage_dir}/stage.json")
@@ -309,10 +629,9 @@ def execute_stage(stage_dir: Path) -> None:
             "kind": kind,
             "wall_time_s": time.time() - t0,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": output_files(stage_dir),
         }
-        tmp = stage_dir / f".{DONE_FILE}.tmp"
-        tmp.write_text(json.dumps(done, indent=2))
-        os.replace(tmp, stage_dir / DONE_FILE)
+        _write_json_atomic(stage_dir / DONE_FILE, done)
 
 
 def _config(cls, values: dict):
@@ -408,19 +727,62 @@ def _plan_from_args(args) -> Plan:
     return build_plan(args.targets, args.scale, retrain_one_step=args.retrain_one_step, overrides=overrides)
 
 
+def _run_dir(args) -> Path:
+    return Path(args.out or f"runs/{args.scale}")
+
+
 def cmd_plan(args) -> int:
-    print(describe(_plan_from_args(args), Path(args.out or f"runs/{args.scale}")))
+    print(describe(_plan_from_args(args), _run_dir(args)))
     return 0
 
 
 def cmd_run(args) -> int:
     _preflight(args.scale)
     plan = _plan_from_args(args)
-    run_dir = Path(args.out or f"runs/{args.scale}")
+    run_dir = _run_dir(args)
+    redo = resolve_redo(plan, args.redo or [])
     print(describe(plan, run_dir))
-    run_plan(plan, run_dir, jobs=args.jobs, prune_checkpoints=args.prune_checkpoints)
+    try:
+        run_plan(plan, run_dir, jobs=args.jobs, prune_checkpoints=args.prune_checkpoints, redo=redo)
+    except BrokenPipeError:  # `run ... | head`: the reader left; __main__ exits quietly
+        raise
+    except OSError as exc:
+        raise RunError(_os_error_sentence(exc, run_dir)) from None
+    print(entry_summary(plan, run_dir))
     print(f"results: {run_dir / 'results.jsonl'}")
     return 0
+
+
+def entry_summary(plan: Plan, run_dir: Path) -> str:
+    """The run's entries with their headline metrics, from the records of the plan's own evaluate stages."""
+    rows = {}
+    for key, sid in plan.entries.items():
+        f = run_dir / "stages" / plan.stages[sid].dirname / "records.jsonl"
+        recs = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()] if f.exists() else []
+        rows[key] = {r["metric"]: r for r in recs}
+
+    def cell(recs: dict, metric: str) -> str:
+        r = recs.get(metric)
+        if r is None or r.get("mean") is None:
+            return "-"
+        return f"{r['mean']:.2f} ± {r['std']:.2f}" if r.get("seeds") and len(r["seeds"]) > 1 else f"{r['mean']:.2f}"
+
+    lines = [f"{'entry':<28} {'ROUGE-L':>14} {'PPL (samples)':>18} {'PPL (gold)':>12}"]
+    for key, recs in rows.items():
+        lines.append(
+            f"{key:<28} {cell(recs, 'rouge_l'):>14} {cell(recs, 'perplexity_samples'):>18} "
+            f"{cell(recs, 'perplexity_gold'):>12}"
+        )
+    return "\n".join(lines)
+
+
+def _read_json(path: Path, stage: Stage) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(
+            f"{path} is unreadable ({exc}); redo its stage: python -m benchmark run ... --redo {stage.name}"
+        ) from None
 
 
 def stage_report(plan: Plan, run_dir: Path) -> str:
@@ -438,7 +800,7 @@ def stage_report(plan: Plan, run_dir: Path) -> str:
         for s in plan.by_kind(kind):
             f = run_dir / "stages" / s.dirname / "summary.json"
             if not s.source and f.exists():
-                yield s, json.loads(f.read_text())
+                yield s, _read_json(f, s)
 
     for s, summ in summaries("sft"):
         sel = summ.get("selected", {})
@@ -475,44 +837,172 @@ def stage_report(plan: Plan, run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _relative(path: Path) -> str:
+    """A path as written into committed files: relative to the repository (a reader's checkout has no such path)."""
+    from benchmark.notebooks import REPO
+
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
 def cmd_reproduce(args) -> int:
     cmd_run(args)
     from benchmark.notebooks import run_notebooks
 
-    run_dir = Path(args.out or f"runs/{args.scale}")
+    plan = _plan_from_args(args)
+    run_dir = _run_dir(args)
     artefacts = [a for a in registry.ARTEFACTS if a in args.targets] or list(registry.ARTEFACTS)
-    out = run_notebooks(run_dir, args.scale, artefacts=tuple(artefacts))
+    out = run_notebooks(run_dir, args.scale, artefacts=tuple(artefacts), overrides=plan.overrides)
     (out / "stages.md").write_text(
-        f"# Stages of {run_dir} (scale {args.scale})\n\n" + stage_report(_plan_from_args(args), run_dir)
+        f"# Stages of {_relative(run_dir)} (scale {args.scale})\n\n" + stage_report(plan, run_dir)
     )
     print(f"tables and figure: {out}")
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Status of a run directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def stage_state(stage_dir: Path, *, verify: bool = True) -> str:
+    """done / running / failed / damaged / interrupted (resumes from a checkpoint) / pending."""
+    if stage_holder(stage_dir):
+        return "running"
+    if (stage_dir / DONE_FILE).exists():
+        return "damaged" if verify and verify_stage(stage_dir) else "done"
+    if (stage_dir / FAILED_FILE).exists():
+        return "failed"
+    if (stage_dir / "checkpoints" / "latest").exists():
+        return "interrupted"
+    return "pending"
+
+
+def status_table(run_dir: Path, plan: Plan | None = None) -> str:
+    """Every stage of `plan` (or, without a plan, every stage directory of the run) with its state and log."""
+    stages_dir = run_dir / "stages"
+    if plan is not None:
+        rows = [(s.kind, s.dirname, "sourced" if s.source else None) for s in plan.stages.values()]
+    else:
+        dirs = sorted(p for p in stages_dir.iterdir() if p.is_dir()) if stages_dir.exists() else []
+        rows = [(d.name.split("-", 1)[0], d.name, None) for d in dirs]
+    lines = [f"{'state':<12} {'kind':<9} {'stage':<48} log / detail"]
+    counts: dict[str, int] = {}
+    for kind, dirname, fixed in rows:
+        d = stages_dir / dirname
+        state = fixed or stage_state(d)
+        counts[state] = counts.get(state, 0) + 1
+        detail = str(d / "log.txt") if (d / "log.txt").exists() else ""
+        if state == "running":
+            detail = f"{stage_holder(d)}; {detail}"
+        elif state == "failed":
+            try:
+                info = json.loads((d / FAILED_FILE).read_text())
+                detail = f"{info['error']}: {info['message'][:100]}; {detail}"
+            except (OSError, ValueError, KeyError):
+                pass
+        elif state == "damaged":
+            detail = "; ".join(verify_stage(d)) + f"; rerun `run` to redo it (moved to {run_dir}/attic)"
+        lines.append(f"{state:<12} {kind:<9} {dirname:<48} {detail}")
+    lines.append("totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    run_dir = Path(args.out)
+    if not run_dir.exists():
+        raise RunError(f"{run_dir} does not exist: give the --out directory of a run")
+    plan = None
+    if args.targets:
+        plan = build_plan(args.targets, args.scale, overrides=parse_overrides(args.overrides or []))
+    print(status_table(run_dir, plan))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage processes die with the runner
+# ----------------------------------------------------------------------------------------------------------------
+
+PARENT_VAR = "MSKD_RUNNER_PID"
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to send SIGTERM to this process when its parent dies (Linux), and exit now if the parent that
+    started it is already gone: a killed runner leaves no stage running behind it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    expected = os.environ.get(PARENT_VAR)
+    launched = "LOCAL_RANK" in os.environ  # a rank under a launcher: its parent is the launcher, not the runner
+    if (expected and not launched and os.getppid() != int(expected)) or os.getppid() == 1:
+        sys.exit(f"the process that started this stage ({expected or 'parent'}) is gone; not starting")
+
+
 def cmd_stage(args) -> int:
+    die_with_parent()
     execute_stage(Path(args.stage_dir))
     return 0
 
 
+def cmd_guard(args) -> int:
+    """Run a command (a launcher) in its own process group; when this guard is told to stop, or its parent dies,
+    stop the whole group: `python -m benchmark _guard deepspeed ...`."""
+    die_with_parent()
+    os.environ.pop(PARENT_VAR, None)  # the launched ranks' parent is the launcher, not the runner
+    proc = subprocess.Popen(args.command, start_new_session=True)
+
+    def stop(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        sys.exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    return proc.wait()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of concurrent stages, got {text!r}")
+    return n
+
+
+_DESCRIPTIONS = {
+    "plan": "Print the stage DAG the targets need at a scale: each stage's status in the run directory "
+    "(run / resume / done / sourced), its estimated cost and its inputs, and the total cost of what is left. "
+    "Runs nothing.",
+    "run": "Run the stages the targets need: cached (finished stages are verified and reused), resumable (an "
+    "interrupted stage continues from its last checkpoint), concurrent where the DAG allows.",
+    "reproduce": "Run the stages the targets need, then regenerate their tables and figures (notebooks -> "
+    "paper_tables/<scale>/) and stages.md.",
+}
+
+
 def add_cli(sub) -> None:
-    for verb, func, help_ in (
-        ("plan", cmd_plan, "print the stage DAG for tables/entries"),
-        ("run", cmd_run, "run the stages for tables/entries"),
-        ("reproduce", cmd_reproduce, "run, then regenerate the tables/figure"),
-    ):
-        p = sub.add_parser(verb, help=help_, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for verb, func in (("plan", cmd_plan), ("run", cmd_run), ("reproduce", cmd_reproduce)):
+        p = sub.add_parser(
+            verb,
+            help=_DESCRIPTIONS[verb].split(":")[0].split(".")[0].lower(),
+            description=_DESCRIPTIONS[verb] + "\n\n" + (plan_doc if verb == "plan" else __doc__).split("\n\n", 1)[1],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("targets", nargs="+", help="table1..table4, figure2, all, a family, or entry keys")
-        p.add_argument("--scale", default="paper", choices=list(registry.SCALES))
+        p.add_argument("--scale", default="paper", choices=list(registry.SCALES), help="paper, small or tiny")
         p.add_argument("--out", help="run directory (default runs/<scale>)")
         p.add_argument(
             "--retrain-one-step",
             action="store_true",
             help="paper scale: train the one-step hops here instead of using MiniLLM's checkpoints",
-        )
-        p.add_argument(
-            "--jobs",
-            type=int,
-            help="concurrent stages (default: 1 per CPU core; on GPUs 1, and N splits the GPUs into N groups)",
         )
         p.add_argument(
             "--set",
@@ -522,13 +1012,43 @@ def add_cli(sub) -> None:
             help="override stage configs on top of the scale's: KIND is sft, minillm or evaluation, JSON an object of "
             "its fields (repeatable); only the stages that depend on a changed field rerun",
         )
+        if verb == "plan":
+            p.set_defaults(func=func)
+            continue
+        p.add_argument(
+            "--jobs",
+            type=_positive_int,
+            help="concurrent stages (default: 1 per CPU core; on GPUs 1, and N splits the GPUs into N groups)",
+        )
+        p.add_argument(
+            "--redo",
+            action="append",
+            metavar="STAGE_OR_KEY",
+            help="run this stage again (a stage name such as distill-gpt2-1.5B_760M, a stage directory, or an entry "
+            "key: the stage that trains its final model), and every stage downstream of it; the old directories "
+            "are moved to RUN/attic (repeatable)",
+        )
         p.add_argument(
             "--prune-checkpoints",
             action="store_true",
             help="delete each finished stage's resumable checkpoints (its selected model stays)",
         )
         p.set_defaults(func=func)
-    p = sub.add_parser("_stage", help=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "status",
+        help="the state of every stage of a run directory",
+        description="Every stage of a run directory: done / running / failed / damaged / interrupted / pending, "
+        "with its log. With targets (and --scale), the stages those targets need, including those not started.",
+    )
+    p.add_argument("targets", nargs="*", help="optional: tables or entry keys whose stages to list")
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument("--scale", default="paper", choices=list(registry.SCALES), help="scale of the targets")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KIND=JSON", help="as for run")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("_stage")
     p.add_argument("stage_dir")
     p.add_argument("--local_rank", type=int, default=0)
     p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("_guard")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_guard)

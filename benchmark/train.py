@@ -105,16 +105,26 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
+def _check_model_path(path: str) -> None:
+    """A missing or empty local model directory, said as such (not as from_pretrained's "Repo id must be ...")."""
+    from benchmark.evaluate import model_path_problem
+
+    problem = model_path_problem(path)
+    if problem:
+        raise TrainError(f"cannot load model: {problem}")
+
+
 def load_model(path: str, device: torch.device, dtype: torch.dtype, *, dropout: bool):
     from transformers import AutoModelForCausalLM
 
+    _check_model_path(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(Path(path).expanduser()), dtype=dtype)
     except OSError as exc:
         raise TrainError(
             f"cannot load model {path!r}: {exc}. Give a directory written by a previous stage or a "
             "hub id (paper scale needs hub access or a local copy)"
-        ) from exc
+        ) from None
     if not dropout:
         _disable_dropout(model)  # ref minillm/model.py: the policy is put in eval(), no dropout during RL
     model.train(dropout)
@@ -162,8 +172,24 @@ def _frozen_teacher(path: str, dist: Dist, precision: str, zero_stage: int):
     return teacher
 
 
-def _check_pair(student, teacher, student_path: str, teacher_path: str, data) -> None:
-    """Clear errors before any compute: a chain must share one vocabulary and one tokenizer (ref §3.3)."""
+def _parameters(model) -> int:
+    """Parameter count, also of a ZeRO-3-partitioned model (whose parameters hold ds_numel, not their elements)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def _check_pair(
+    student,
+    teacher,
+    student_path: str,
+    teacher_path: str,
+    data,
+    cfg: MiniLLMConfig | None = None,
+    *,
+    allow_larger_student: bool = False,
+) -> None:
+    """Clear errors before any compute: a chain must share one vocabulary and one tokenizer (ref §3.3), each model
+    must hold every token id of the data's tokenizer and have positions for the hop's sequences (`cfg`), and the
+    student must not be larger than its teacher."""
     from transformers import AutoTokenizer
 
     sv, tv = student.config.vocab_size, teacher.config.vocab_size
@@ -172,12 +198,35 @@ def _check_pair(student, teacher, student_path: str, teacher_path: str, data) ->
             f"student {student_path} has vocabulary {sv}, teacher {teacher_path} has {tv}: a MiniLLM "
             "hop needs one shared vocabulary (rewards and the single-step KL are per token)"
         )
+    sp, tp = _parameters(student), _parameters(teacher)
+    if sp > tp and not allow_larger_student:
+        raise TrainError(
+            f"student {student_path} has {sp:,} parameters, more than its teacher {teacher_path} ({tp:,}): "
+            "distillation goes from a larger teacher to a smaller student, so --student and --teacher are probably "
+            "swapped; pass --allow-larger-student (train_minillm(..., allow_larger_student=True)) if this is meant"
+        )
     for path, model in ((student_path, student), (teacher_path, teacher)):
         if model.config.model_type != data.family:
             raise TrainError(
-                f"{path} is a {model.config.model_type} model but {data.path} was prepared for "
+                f"{path} is of family {model.config.model_type} but {data.path} was prepared for "
                 f"{data.family}: prepare data with --family {model.config.model_type}"
             )
+        if model.config.vocab_size < len(data.tokenizer):
+            raise TrainError(
+                f"{path} has a vocabulary of {model.config.vocab_size} tokens but the tokenizer of {data.path} has "
+                f"{len(data.tokenizer)}: the data was prepared with another tokenizer than the model's"
+            )
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if cfg is not None and positions is not None:
+            need = {"max_prompt_length + max_new_tokens": cfg.max_prompt_length + cfg.generation.max_new_tokens}
+            if cfg.pt_coef > 0:
+                need["pt_seq_length"] = cfg.pt_seq_length
+            for what, n in need.items():
+                if positions < n:
+                    raise TrainError(
+                        f"{path} has {positions} positions but this hop needs {n} ({what}): use the lengths of the "
+                        "models' scale (--scale) or lower them with --set"
+                    )
         tok_dir = Path(path)
         if (tok_dir / "tokenizer.json").exists():
             if AutoTokenizer.from_pretrained(tok_dir).get_vocab() != data.tokenizer.get_vocab():
@@ -214,9 +263,13 @@ def _seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed + rank)
 
 
-def save_checkpoint(engine, ckpt_root: Path, step: int, client_state: dict, dist: Dist, keep: int = 1) -> None:
+CHECKPOINTS_KEPT = 2  # the newest two: a damaged newest one falls back to the one before
+
+
+def save_checkpoint(engine, ckpt_root: Path, step: int, client_state: dict, dist: Dist) -> None:
     """Full state (model, optimizer, scheduler, loss scaler via DeepSpeed; RNG, sampler position, step and
-    best-so-far in client_state), written to a temporary directory and renamed: never half-written."""
+    best-so-far in client_state), written to a temporary directory with a manifest of its files (size, sha256)
+    and renamed: never half-written, and verified before it is loaded. The newest CHECKPOINTS_KEPT are kept."""
     name = f"step-{step:06d}"
     tmp = ckpt_root / f".tmp-{name}"
     if dist.is_main and tmp.exists():
@@ -227,29 +280,123 @@ def save_checkpoint(engine, ckpt_root: Path, step: int, client_state: dict, dist
     )
     torch.distributed.barrier()
     if dist.is_main:
+        _write_atomic(tmp / "trainer.json", json.dumps(client_state))  # readable without loading the weights
+        _write_atomic(tmp / MANIFEST, json.dumps(_manifest(tmp)))
         final = ckpt_root / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         _write_atomic(ckpt_root / "latest", name)
         older = sorted(p for p in ckpt_root.glob("step-*") if p.name != name)
-        for old in older[: max(0, len(older) - (keep - 1))]:
+        for old in older[: max(0, len(older) - (CHECKPOINTS_KEPT - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     torch.distributed.barrier()
 
 
-def load_checkpoint(engine, ckpt_root: Path) -> dict | None:
-    latest = ckpt_root / "latest"
-    if not latest.exists():
+MANIFEST = "MANIFEST.json"
+
+
+def _manifest(root: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file under `root` but the manifest itself."""
+    from benchmark.runner import file_sha256
+
+    return {
+        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def _damage(root: Path, files: dict[str, dict]) -> str | None:
+    """The first way `root` differs from its manifest `files`, or None when every file is intact."""
+    from benchmark.runner import file_sha256
+
+    for rel, want in files.items():
+        f = root / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != want["size"]:
+            return f"{rel} has {f.stat().st_size} bytes, {want['size']} when written"
+        if file_sha256(f) != want["sha256"]:
+            return f"{rel} differs from what was written (sha256)"
+    return None
+
+
+def _warn(dist: Dist, msg: str) -> None:
+    if dist.is_main:
+        print(f"warning: {msg}", flush=True)
+
+
+def load_checkpoint(engine, out: Path, dist: Dist) -> dict | None:
+    """The trainer state of the newest usable checkpoint under OUT/checkpoints (its model, optimizer, scheduler and
+    RNG restored into `engine`), or None for a fresh start.
+
+    A checkpoint is usable when every file matches its manifest and the selected model OUT/model agrees with its
+    state (OUT/model.json says which step model/ was selected at): a newer intact model/ (selected after that
+    checkpoint) is kept as the best so far; a damaged or older one cannot be rebuilt from that checkpoint. Unusable
+    checkpoints are skipped with a warning for the one before them and moved to OUT/checkpoints.damaged-*, never
+    deleted; with none left the stage starts over. The engine is touched only by the checkpoint finally loaded."""
+    root = out / "checkpoints"
+    candidates = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+    bad: list[Path] = []
+    chosen, state = None, None
+    for path in candidates:
+        problem = None
+        if (path / MANIFEST).exists():
+            problem = _damage(path, json.loads((path / MANIFEST).read_text()))
+            if not problem:
+                state = json.loads((path / "trainer.json").read_text())
+                problem = _selected_model_problem(out, state)
+        if problem:
+            _warn(dist, f"checkpoint {path} cannot be resumed: {problem}")
+            bad.append(path)
+            continue
+        chosen = path
+        break
+    if chosen is None and candidates:
+        _warn(dist, f"no usable checkpoint in {root}: this stage starts over")
+    torch.distributed.barrier()
+    if bad and dist.is_main:
+        aside = out / f"checkpoints.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(exist_ok=True)
+        for path in bad:
+            os.replace(path, aside / path.name)
+        if chosen is None:
+            (root / "latest").unlink(missing_ok=True)
+        else:
+            _write_atomic(root / "latest", chosen.name)
+    torch.distributed.barrier()
+    if chosen is None:
         return None
-    path = ckpt_root / latest.read_text().strip()
     _, client = engine.load_checkpoint(
-        str(path), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+        str(chosen), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if client is None:
-        raise TrainError(f"checkpoint {path} could not be loaded; delete {ckpt_root} to restart this stage")
+        raise TrainError(f"checkpoint {chosen} could not be loaded; delete {root} to restart this stage")
     _set_rng_state(client["rng"])
-    return client["trainer"]
+    trainer = client["trainer"]
+    if state is not None:
+        trainer["best"] = state["best"]  # possibly the newer selected model adopted by _selected_model_problem
+    return trainer
+
+
+def _selected_model_problem(out: Path, state: dict) -> str | None:
+    """Why OUT/model cannot go with the checkpoint `state` (None when it can; adopts a newer selected model)."""
+    best = state.get("best")
+    if best is None:
+        return None  # nothing selected yet: a later selection writes model/
+    record = out / "model.json"
+    if not record.exists():
+        return f"the selected model {out / 'model'} has no record ({record.name})"
+    meta = json.loads(record.read_text())
+    problem = _damage(out / "model", meta["files"])
+    if problem:
+        return f"the selected model {out / 'model'} is damaged ({problem})"
+    if meta["best"]["step"] > best["step"]:  # selected after the checkpoint: keep it, the rerun reaches it again
+        state["best"] = meta["best"]
+    elif meta["best"]["step"] < best["step"]:
+        return f"the selected model {out / 'model'} is from step {meta['best']['step']}, not {best['step']}"
+    return None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -258,36 +405,57 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_model(engine, tokenizer, out: Path, dist: Dist, zero_stage: int) -> None:
-    """The selected model in Hugging Face format (atomically replaced), with the tokenizer beside it."""
+def save_model(engine, tokenizer, out: Path, dist: Dist, zero_stage: int, best: dict) -> None:
+    """The selected model in Hugging Face format (atomically replaced), with the tokenizer beside it, and
+    OUT/model.json: the selection record `best` and the manifest of model/'s files (checked on resume)."""
     state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
     if dist.is_main:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         engine.module.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
+        record = {"best": best, "files": _manifest(tmp)}
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+        _write_atomic(out.with_name(f"{out.name}.json"), json.dumps(record, indent=2))
     torch.distributed.barrier()
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped."""
+    """metrics.jsonl, one JSON object per line, and the same numbers as TensorBoard scalars (OUT/tensorboard,
+    tag KIND/NAME, e.g. train/pg_loss, validation/val_rouge_l). Resuming from a checkpoint at step S keeps the rows
+    and events up to S and drops the rest (they are recomputed); a fresh start drops everything, so no row is ever
+    written twice."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, *, resumed_step: int | None):
         self.path, self.enabled = path, enabled
-
-    def truncate_after(self, step: int) -> None:
-        if not (self.enabled and self.path.exists()):
+        self.tb = None
+        if not enabled:
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        _write_atomic(self.path, "".join(ln + "\n" for ln in keep))
+        keep = -1 if resumed_step is None else resumed_step
+        if path.exists():
+            rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            _write_atomic(path, "".join(ln + "\n" for ln in rows if json.loads(ln).get("step", 0) <= keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency; a stripped install still trains and logs JSON
+            return
+        self.tb = SummaryWriter(log_dir=str(path.parent / "tensorboard"), purge_step=keep + 1)
 
     def write(self, **record) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, int | float) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{record.get('kind', 'metrics')}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -559,7 +727,7 @@ def collect_rollouts(
         if lp is None:  # unused by the losses in this configuration; keeps the buffer uniform
             lp = lq
         w = losses.importance_weights(lq, lp, cfg.teacher_mixed_alpha)
-        r = losses.rewards(lp, lq, mask, cfg.reward_scaling, cfg.cliprange_reward)
+        r = losses.rewards(lp, lq, mask, reward_scaling=cfg.reward_scaling, cliprange_reward=cfg.cliprange_reward)
         row = torch.zeros(len(batch), dtype=torch.long, device=dist.device)  # numbered after the gather
         parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, lq, w * mask + (1 - mask), r, row))
         stats["mixed_lens"].append(out.lengths.float())
@@ -599,7 +767,7 @@ def _ppo_micro_loss(
     if cfg.policy_gradient:
         logprobs = losses.token_logprobs(s_logits, mb.response_ids)
         pg = losses.ppo_clip_loss(
-            logprobs, mb.old_logprobs, mb.weights, advantages, mb.response_mask, cfg.cliprange, num_tokens=n_tokens
+            logprobs, mb.old_logprobs, mb.weights, advantages, mb.response_mask, clip=cfg.cliprange, num_tokens=n_tokens
         )
         loss, stats["pg_loss"] = loss + pg, pg.item()
     if teacher_cache is not None:
@@ -644,7 +812,9 @@ def minillm_step(
     # Advantages of the whole global mini-batch: every rank holds it, so whitening statistics are the reference's
     # all-rank statistics (ref utils.py) without depending on the world size.
     adv = losses.minillm_advantages(mb.rewards, mb.response_mask, cfg.gamma, cfg.length_normalization)
-    adv = losses.whiten(adv, mb.response_mask, include_padding=cfg.whiten_include_padding, distributed=False)
+    adv = losses.whiten(
+        adv, mb.response_mask, include_padding=cfg.whiten_include_padding, shift_mean=True, distributed=False
+    )
     n_tokens = mb.response_mask.sum().item()
     pt_rows, n_pt = None, 1.0
     if pt_chunks is not None:  # the PT batch of this step: as many 512-token chunks as rollouts (ref §1.3)
@@ -753,21 +923,27 @@ def train_minillm(
     cfg: MiniLLMConfig,
     *,
     progress: bool = True,
+    allow_larger_student: bool = False,
 ) -> Path:
-    """Distil `teacher_path` into `student_path` (its SFT init) with MiniLLM; returns OUT/model."""
+    """Distil `teacher_path` into `student_path` (its SFT init) with MiniLLM; returns OUT/model.
+
+    A student with more parameters than its teacher is refused (swapped arguments) unless `allow_larger_student`;
+    that is a check, not a setting: it is no MiniLLMConfig field and changes no stage hash."""
     from benchmark.data import load_prepared
 
+    for path in (student_path, teacher_path):
+        _check_model_path(path)
     out = Path(out_dir)
     dist = init_distributed()
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
-    torch.distributed.barrier()
     _seed_everything(cfg.seed, dist.rank)
     student = load_model(student_path, dist.device, torch.float32, dropout=False)
     teacher = _frozen_teacher(teacher_path, dist, cfg.precision, cfg.zero_stage)
     data = load_prepared(data_dir, family=student.config.model_type)
-    _check_pair(student, teacher, student_path, teacher_path, data)
+    _check_pair(student, teacher, student_path, teacher_path, data, cfg, allow_larger_student=allow_larger_student)
+    if dist.is_main:  # only once the inputs are known to fit: a refused hop leaves no OUT behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
+    torch.distributed.barrier()
     tok, eos = data.tokenizer, data.eos_token_id
     prompts = [ex.prompt_ids for ex in data.split("train")]
     val = data.split("valid")[: cfg.val_examples]
@@ -790,9 +966,9 @@ def train_minillm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / cfg.warmup_steps if s < cfg.warmup_steps else 1.0)
     engine = _engine(student, opt, sched, ds)
 
-    log = MetricsLog(out / "metrics.jsonl", dist.is_main)
-    state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "phase": 0, "best": None, "history": []}
-    log.truncate_after(state["step"])
+    resumed = load_checkpoint(engine, out, dist)
+    log = MetricsLog(out / "metrics.jsonl", dist.is_main, resumed_step=resumed and resumed["step"])
+    state = resumed or {"step": 0, "phase": 0, "best": None, "history": []}
     # The hop's reverse KL before ("init") and after ("selected") on the whole validation split, two ways.
     heldout = data.split("valid")
     h = state.setdefault("heldout_rev_kl", {"examples": len(heldout)})
@@ -881,6 +1057,7 @@ def train_minillm(
         if due or steps_done >= cfg.total_steps:
             save_checkpoint(engine, out / "checkpoints", steps_done, state, dist)
     pbar.close()
+    log.close()
     # The hop's "after": the selected model, in the stage's compute dtype (half on GPU, beside the engine).
     dtype = _dtype(cfg.precision, dist.device)
     if "init" not in h or "init" not in q:  # resumed from a checkpoint older than these measures: score the init
@@ -936,7 +1113,7 @@ def _select(engine, teacher, val, tok, eos, cfg, micro, dist, state, log, out) -
     v = _record_validation(engine, teacher, val, tok, eos, cfg, micro, dist, state, log)
     if state["best"] is None or v["val_rouge_l"] > state["best"]["val_rouge_l"]:
         state["best"] = {"step": state["step"], **v}
-        save_model(engine, tok, out / "model", dist, cfg.zero_stage)
+        save_model(engine, tok, out / "model", dist, cfg.zero_stage, state["best"])
 
 
 def _finish(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: float, inputs: dict) -> Path:
@@ -1063,9 +1240,9 @@ def train_sft(
     ds = deepspeed_config(cfg, dist.world_size)
     micro, gas = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
     engine = _engine(net, opt, sched, ds)
-    log = MetricsLog(out / "metrics.jsonl", dist.is_main)
-    state = load_checkpoint(engine, out / "checkpoints") or {"step": 0, "best": None, "history": []}
-    log.truncate_after(state["step"])
+    resumed = load_checkpoint(engine, out, dist)
+    log = MetricsLog(out / "metrics.jsonl", dist.is_main, resumed_step=resumed and resumed["step"])
+    state = resumed or {"step": 0, "best": None, "history": []}
 
     pbar = tqdm(
         total=total,
@@ -1137,10 +1314,11 @@ def train_sft(
             )
             if improved:
                 state["best"] = {"step": state["step"], **v}
-                save_model(engine, tok, out / "model", dist, cfg.zero_stage)
+                save_model(engine, tok, out / "model", dist, cfg.zero_stage, state["best"])
         if state["step"] % cfg.checkpoint_interval == 0 or state["step"] == total:
             save_checkpoint(engine, out / "checkpoints", state["step"], state, dist)
     pbar.close()
+    log.close()
     # The selected model's validation perplexity and greedy ROUGE-L: the small scale is checked to order the four
     # sizes of a family by both (README "Small scale").
     from benchmark.config import GenerationSettings
@@ -1182,14 +1360,79 @@ def train_sft(
 
 
 def _json_overrides(text: str | None) -> dict:
-    return json.loads(text) if text else {}
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrainError(f"--set: not valid JSON ({exc}); quote it, e.g. --set '{{\"total_steps\": 100}}'") from None
+    if not isinstance(value, dict):
+        raise TrainError(f"--set: expected a JSON object of config fields, got {type(value).__name__}")
+    return value
+
+
+def _merged(scale_values: dict, override: dict) -> dict:
+    """As plan._merged: a nested `generation` override updates the scale's one field by field."""
+    out = scale_values | override
+    if isinstance(scale_values.get("generation"), dict) and isinstance(override.get("generation"), dict):
+        out["generation"] = scale_values["generation"] | override["generation"]
+    return out
+
+
+def _quiet_logs() -> None:
+    """`--quiet`: no progress bars and no info logging from transformers or DeepSpeed (warnings that matter still
+    reach stderr at ERROR level). DeepSpeed sets its logger's level when first imported, so it is imported here."""
+    import logging
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as init_distributed: no "Setting accelerator to CPU" warning
+    from deepspeed.utils import logger as ds_logger
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    ds_logger.setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
+
+
+def _final_report(model_dir: Path, kind: str) -> str:
+    """Where the stage's model went and the validation that selected it (from OUT/summary.json)."""
+    summary = json.loads((model_dir.parent / "summary.json").read_text())
+    best = summary.get("best") or {}
+    metric = "val_rouge_l" if kind == "minillm" or summary["config"].get("select_by") == "rouge_l" else "val_loss"
+    direction = "higher" if metric == "val_rouge_l" else "lower"
+    values = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "step" and isinstance(v, int | float))
+    lines = [
+        f"model: {model_dir}",
+        f"selected: step {best.get('step')} of {summary['steps']} by {metric} ({direction} is better): {values}",
+    ]
+    sel = summary.get("selected") or {}
+    if "val_ppl" in sel:
+        ppl, rouge = sel["val_ppl"], sel["val_rouge_l_greedy"]
+        lines.append(f"selected model: validation perplexity {ppl:.4g}, greedy ROUGE-L {rouge:.4g}")
+    kl = summary.get("sequence_rev_kl") or {}
+    if isinstance(kl.get("init"), dict) and isinstance(kl.get("selected"), dict):
+        before, after = kl["init"]["per_response"], kl["selected"]["per_response"]
+        lines.append(f"reverse KL to the teacher per sampled response: {before:.4g} (init) -> {after:.4g} (selected)")
+    lines.append(f"summary: {model_dir.parent / 'summary.json'}")
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     sc = registry.scale(args.scale)
+    if args.quiet:
+        _quiet_logs()
     if args.kind == "minillm":
-        cfg = for_scale(MiniLLMConfig, sc.minillm | _json_overrides(args.set))
-        train_minillm(args.student, args.teacher, args.data, args.out, cfg, progress=not args.quiet)
+        cfg = for_scale(MiniLLMConfig, _merged(sc.minillm, _json_overrides(args.set)))
+        model_dir = train_minillm(
+            args.student,
+            args.teacher,
+            args.data,
+            args.out,
+            cfg,
+            progress=not args.quiet,
+            allow_larger_student=args.allow_larger_student,
+        )
     else:
         extra = _json_overrides(args.set)
         if ":" in args.model and not Path(args.model).exists():
@@ -1200,8 +1443,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 extra = {"lr": spec.sft_lr} | extra
         else:
             model = args.model
+            _check_model_path(model)  # before OUT is created
         cfg = for_scale(SFTConfig, sc.sft | extra)
-        train_sft(model, args.data, args.out, cfg, progress=not args.quiet)
+        model_dir = train_sft(model, args.data, args.out, cfg, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(_final_report(Path(model_dir), args.kind))
     return 0
 
 
@@ -1212,7 +1458,7 @@ def add_cli(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kind", choices=["sft", "minillm"])
+    p.add_argument("kind", choices=["sft", "minillm"], help="sft: fine-tune one model; minillm: one distillation hop")
     p.add_argument("--data", required=True, help="prepared data directory (python -m benchmark data ...)")
     p.add_argument("--out", required=True, help="stage output directory (resumes if it holds a checkpoint)")
     p.add_argument("--student", help="minillm: the student's SFT init (directory or hub id)")
@@ -1224,9 +1470,20 @@ def add_cli(sub) -> None:
         choices=list(registry.SCALES),
         help="apply this scale's config overrides (default: paper-faithful values)",
     )
-    p.add_argument("--set", help="JSON of config overrides, e.g. '{\"total_steps\": 100}'")
+    p.add_argument(
+        "--set",
+        metavar="JSON",
+        help="config overrides on top of the scale's (fields of config.SFTConfig or config.MiniLLMConfig), "
+        "e.g. '{\"total_steps\": 100}'",
+    )
+    p.add_argument(
+        "--allow-larger-student",
+        action="store_true",
+        help="minillm: accept a student with more parameters than its teacher (refused by default: usually swapped "
+        "--student and --teacher)",
+    )
     p.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # appended by the deepspeed launcher
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no DeepSpeed/transformers info logs")
     p.set_defaults(func=_checked_train)
 
 

@@ -144,26 +144,160 @@ def test_lock_blocks_a_second_run_on_the_same_directory(tmp_path):
             run_plan(plan, tmp_path, progress=False)
 
 
-def test_failed_stage_names_itself_and_keeps_the_others(finished_run, tmp_path):
+def _legacy_done(stage_dir: Path) -> None:
+    """Make a finished stage look like one finished before DONE.json had manifests (trusted as it is)."""
+    done = json.loads((stage_dir / "DONE.json").read_text())
+    done.pop("files")
+    (stage_dir / "DONE.json").write_text(json.dumps(done))
+
+
+def test_failed_stage_names_itself_its_cause_and_keeps_the_others(finished_run, tmp_path):
     import shutil
 
     out = tmp_path / "broken"
     shutil.copytree(finished_run, out)
     plan = build_plan([ENTRY], "tiny")
     ev = plan.stages[plan.entries[ENTRY]]
-    # corrupt the student init the last hop needs, and forget the last hop and its evaluation
+    # forget the last hop and its evaluation, and damage the student init that hop reads, in a stage finished before
+    # manifests existed (nothing can tell that it is damaged before the hop reads it)
     for s in plan.stages.values():
         if s.kind == "distill" and len(s.config["path"]) == 3 or s.kind == "evaluate":
             shutil.rmtree(out / "stages" / s.dirname)
     init = next(s for s in plan.stages.values() if s.kind == "sft" and s.config["size"] == "120M")
+    _legacy_done(out / "stages" / init.dirname)
     (out / "stages" / init.dirname / "model" / "config.json").write_text("{not json")
     with pytest.raises(RunError) as err:
         run_plan(plan, out, progress=False)
     msg = str(err.value)
-    assert "distill-gpt2-1.5B_760M_120M" in msg and "log.txt" in msg and "rerun" in msg
+    assert "distill-gpt2-1.5B_760M_120M" in msg and "log.txt" in msg
+    # the advice fits the cause: a damaged input file, and the stage that wrote it, with the command that redoes it
+    assert "damaged" in msg and f"--redo {init.name}" in msg, msg
+    hop = next(s for s in plan.stages.values() if s.kind == "distill" and len(s.config["path"]) == 3)
+    failed = json.loads((out / "stages" / hop.dirname / "FAILED.json").read_text())
+    assert failed["error"] == "JSONDecodeError" or "JSON" in failed["message"] or "json" in failed["message"]
     assert not (out / "stages" / ev.dirname / "DONE.json").exists()  # blocked, not run
     done = [s for s in plan.stages.values() if (out / "stages" / s.dirname / "DONE.json").exists()]
     assert len(done) == 5  # everything upstream is kept
+    status = _cli("status", "--out", str(out))
+    assert status.returncode == 0
+    line = next(ln for ln in status.stdout.splitlines() if hop.dirname in ln)
+    assert line.startswith("failed") and "log.txt" in line
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, env=ENV, timeout=600
+    )
+
+
+def test_a_damaged_finished_stage_is_moved_aside_and_redone(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(finished_run, out)
+    plan = build_plan([ENTRY], "tiny")
+    init = next(s for s in plan.stages.values() if s.kind == "sft" and s.config["size"] == "120M")
+    weights = out / "stages" / init.dirname / "model" / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:100])  # truncated
+    status = _cli("status", "--out", str(out))
+    assert next(ln for ln in status.stdout.splitlines() if init.dirname in ln).startswith("damaged")
+    others = {p: p.stat().st_mtime for p in (out / "stages").glob("*/DONE.json") if init.dirname not in str(p)}
+    proc = _run_cli(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"damaged {init.dirname}: model/model.safetensors has 100 bytes" in proc.stdout
+    aside = list((out / "attic").glob(f"{init.dirname}.damaged-*"))
+    assert len(aside) == 1 and (aside[0] / "model" / "model.safetensors").read_bytes() == original[:100]
+    assert weights.read_bytes() == original  # redone: the same weights on CPU with the same seeds
+    assert {p: p.stat().st_mtime for p in others} == others  # nothing else was recomputed
+    assert _values(out) == _values(finished_run)
+
+
+def test_redo_moves_a_stage_and_everything_downstream_aside(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "redo"
+    shutil.copytree(finished_run, out)
+    proc = _run_cli(out, "--redo", "distill-gpt2-1.5B_760M_120M")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    moved = sorted(p.name.rsplit(".", 1)[0] for p in (out / "attic").iterdir())
+    assert [m.rsplit("-", 1)[0] for m in moved] == ["distill-gpt2-1.5B_760M_120M", "evaluate-gpt2-1.5B_760M_120M"]
+    assert _values(out) == _values(finished_run)
+    assert "entry" in proc.stdout and ENTRY in proc.stdout.split("totals")[-1]  # the closing table of entries
+    bad = _run_cli(out, "--redo", "distill-gpt2-9B")
+    assert bad.returncode == 2 and "no such stage or entry" in bad.stderr
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited (its reaper may be slow in a container)
+
+
+def _wait_dead(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killing_only_the_runner_stops_its_stages(tmp_path):
+    out = tmp_path / "orphans"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "run", ENTRY, "--scale", "tiny", "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    from benchmark.runner import stage_holder
+
+    holder, deadline = None, time.time() + 120
+    while holder is None and time.time() < deadline and proc.poll() is None:
+        for d in (out / "stages").glob("*") if (out / "stages").exists() else []:
+            holder = holder or stage_holder(d)
+        time.sleep(0.05)
+    assert holder and holder.startswith("pid "), holder
+    stage_pid = int(holder.split()[1])
+    proc.kill()  # SIGKILL to the runner alone: no handler of ours runs
+    proc.wait()
+    assert _wait_dead(stage_pid, 20), f"stage process {stage_pid} outlived its runner"
+
+
+def test_the_guard_stops_its_launcher_when_its_parent_dies(tmp_path):
+    """GPU stages run under the deepspeed launcher, which is not ours: a guard process takes it down."""
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-m', 'benchmark', '_guard', sys.executable, '-c', {child!r}]); "
+        "time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], env=ENV)
+    deadline = time.time() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    launched = int(pid_file.read_text())
+    proc.kill()
+    proc.wait()
+    assert _wait_dead(launched, 40), "the guarded command outlived the guard's parent"
+
+
+def test_a_stage_holds_its_own_lock(tmp_path):
+    from benchmark.runner import _try_lock, execute_stage, stage_holder
+
+    held = _try_lock(tmp_path / ".lock")
+    try:
+        assert stage_holder(tmp_path).startswith(f"pid {os.getpid()}")
+        with pytest.raises(RunError, match="already being run by pid"):
+            execute_stage(tmp_path)
+    finally:
+        held.close()
+    assert stage_holder(tmp_path) is None
 
 
 def test_paper_scale_without_gpu_stops_before_any_work(tmp_path):
@@ -179,26 +313,76 @@ def test_paper_scale_without_gpu_stops_before_any_work(tmp_path):
     assert not (tmp_path / "paper").exists()
 
 
-@pytest.mark.parametrize("with_old", [True, False])
-def test_merge_keeps_other_entries_and_only_current_stages(tmp_path, with_old):
-    """The store holds, per entry of the plan, only its current evaluate stage's records; entries outside the
-    plan (another table run into the same directory) are kept."""
+def _store(run_dir: Path) -> list[tuple]:
+    return sorted(
+        (r["entry"], r["stage"]) for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())
+    )
+
+
+def test_the_results_store_never_shrinks(tmp_path):
+    """Merging adds a finished stage's records or replaces that stage's own; records of stages that are not finished
+    (a failing evaluation, a stage moved aside), of other configs and of other entries are kept."""
     from benchmark.plan import DONE_FILE
     from benchmark.runner import merge_results
 
     plan = build_plan([ENTRY], "tiny")
     ev = plan.stages[plan.entries[ENTRY]]
+    old = [
+        {"entry": "opt/13B", "stage": "other", "metric": "rouge_l"},
+        {"entry": ENTRY, "stage": "superseded", "metric": "rouge_l"},  # an older config of this entry
+        {"entry": ENTRY, "stage": ev.id, "metric": "rouge_l", "values": [1.0]},  # this stage, evaluated before
+    ]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old) + "not json\n")
+    merge_results(plan, tmp_path)  # the stage is being re-evaluated and has no records yet: nothing is lost
+    assert (tmp_path / "results.jsonl").read_text().count("\n") == 4
     d = tmp_path / "stages" / ev.dirname
     d.mkdir(parents=True)
     (d / DONE_FILE).write_text("{}")
-    (d / "records.jsonl").write_text(json.dumps({"entry": ENTRY, "stage": ev.id, "metric": "rouge_l"}) + "\n")
-    old = [{"entry": "opt/13B", "stage": "other", "metric": "rouge_l"}]
-    if with_old:  # a record of this entry from a stage whose config has since changed
-        old.append({"entry": ENTRY, "stage": "superseded", "metric": "rouge_l"})
-    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
-    merge_results(plan, tmp_path)
-    rows = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert sorted((r["entry"], r["stage"]) for r in rows) == [(ENTRY, ev.id), ("opt/13B", "other")]
+    (d / "records.jsonl").write_text(json.dumps({"entry": ENTRY, "stage": ev.id, "metric": "rouge_l", "values": [2.0]}))
+    merge_results(plan, tmp_path)  # finished: its records replace its own earlier ones
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert "not json" in lines and len(lines) == 4
+    rows = [json.loads(ln) for ln in lines if ln != "not json"]
+    assert sorted((r["entry"], r["stage"]) for r in rows) == sorted(
+        [(ENTRY, ev.id), (ENTRY, "superseded"), ("opt/13B", "other")]
+    )
+    assert next(r for r in rows if r["stage"] == ev.id)["values"] == [2.0]
+
+
+def test_records_name_their_overrides_and_tables_choose_them(finished_run):
+    """A --set run's stages carry the overrides that changed them (or a stage upstream); stages the overrides do not
+    change stay the default ones, with no overrides. `results.read(..., overrides=)` picks one set."""
+    overrides = {"minillm": {"total_steps": 4}}  # the tiny scale's hops take 8
+    plan = build_plan([ENTRY, "gpt2/1.5B"], "tiny", overrides=overrides)
+    by_name = {s.name: s for s in plan.stages.values()}
+    assert by_name["sft-gpt2-120M-init"].overrides == {}
+    assert by_name["evaluate-gpt2-1.5B"].overrides == {}  # the teacher's evaluation: no hop involved
+    assert by_name["distill-gpt2-1.5B_760M"].overrides == overrides
+    assert by_name["evaluate-gpt2-1.5B_760M_120M"].overrides == overrides
+    # a value equal to the default changes nothing, so it is no override of any stage
+    same = build_plan([ENTRY], "tiny", overrides={"minillm": {"gamma": 0.95}})
+    assert all(s.overrides == {} for s in same.stages.values())
+    df = results.read(finished_run)
+    assert set(df["overrides"]) == {"{}"}
+    assert len(results.read(finished_run, overrides={})) == len(df)
+    assert len(results.read(finished_run, overrides=overrides)) == 0
+    # a table of the override run: the teacher, which no MiniLLM override changes, keeps its default records
+    rows = [
+        {"entry": "gpt2/1.5B", "overrides": {}},
+        {"entry": ENTRY, "overrides": {}},
+        {"entry": ENTRY, "overrides": overrides},
+    ]
+    store = finished_run.parent / "overrides.jsonl"
+    store.write_text("".join(json.dumps({"schema": 1, "metric": "rouge_l", **r}) + "\n" for r in rows))
+    picked = results.read(store, overrides=overrides, scale="tiny")
+    assert sorted(zip(picked["entry"], picked["overrides"])) == [
+        ("gpt2/1.5B", "{}"),
+        (ENTRY, results.overrides_key(overrides)),
+    ]
+    assert sorted(zip(*results.read(store, overrides={}, scale="tiny")[["entry", "overrides"]].values.T)) == [
+        ("gpt2/1.5B", "{}"),
+        (ENTRY, "{}"),
+    ]
 
 
 def test_stages_get_their_own_gpu_group_and_launcher_port_and_no_inherited_rendezvous(monkeypatch, tmp_path):
@@ -213,6 +397,9 @@ def test_stages_get_their_own_gpu_group_and_launcher_port_and_no_inherited_rende
     plan = build_plan([ENTRY], "tiny")
     distill, evaluate = plan.by_kind("distill")[0], plan.by_kind("evaluate")[0]
     cmd_a, cmd_b = _command(distill, tmp_path, ["4", "5"]), _command(distill, tmp_path, ["6", "7"])
+    # the launcher runs under a guard that dies with the runner and takes the launcher's process group with it
+    assert cmd_a[:4] == [sys.executable, "-m", "benchmark", "_guard"]
+    cmd_a, cmd_b = cmd_a[4:], cmd_b[4:]
     assert cmd_a[:2] == ["deepspeed", "--master_port"] and "--num_gpus" not in cmd_a and "--include" not in cmd_a
     assert cmd_a[2] != cmd_b[2]  # side by side on one node, each launcher on its own port
     assert _command(evaluate, tmp_path, ["4", "5"])[:3] == [sys.executable, "-m", "benchmark"]
@@ -224,3 +411,69 @@ def test_stages_get_their_own_gpu_group_and_launcher_port_and_no_inherited_rende
     assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} & set(env)
     assert env["CUDA_VISIBLE_DEVICES"] == "6,7" and env["OMP_NUM_THREADS"] == "3"
     assert _stage_env(1, [])["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"  # CPU stages: untouched
+
+
+def test_failure_advice_fits_the_cause(tmp_path):
+    """A config error or a damaged file is not fixed by rerunning; a killed stage is."""
+    from benchmark.config import ConfigError
+    from benchmark.runner import _failure, failure_advice
+    from benchmark.train import TrainError
+
+    stage = tmp_path / "stages" / "distill-gpt2-1.5B_120M-0123456789ab"
+    assert "rerunning unchanged fails the same way" in failure_advice(ConfigError("lr must be > 0"), stage)
+    assert "rerunning without that fix fails" in failure_advice(TrainError("vocabulary differs"), stage)
+    try:
+        raise ValueError(f"invalid header in {tmp_path}/stages/sft-gpt2-120M-init-a1b2c3d4e5f6/model/x.safetensors")
+    except ValueError as exc:
+        advice = failure_advice(exc, stage)
+    assert "damaged" in advice and "--redo sft-gpt2-120M-init" in advice
+    full = OSError(28, "No space left on device")
+    assert "no space left" in failure_advice(full, stage) and "--prune-checkpoints" in failure_advice(full, stage)
+    assert "micro_batch_size" in failure_advice(RuntimeError("CUDA out of memory. Tried to allocate"), stage)
+    assert "resumes from its last checkpoint" in failure_advice(RuntimeError("NCCL timeout"), stage)
+    stage.mkdir(parents=True)
+    what, advice = _failure(stage, -9, stage / "log.txt")
+    assert what.startswith("killed by SIGKILL") and "resumes from its last checkpoint" in advice
+
+
+def test_cli_refuses_bad_jobs_and_plan_has_only_its_options(tmp_path):
+    for jobs in ("0", "-1", "two"):
+        proc = _run_cli(tmp_path / "jobs", "--jobs", jobs)
+        assert proc.returncode == 2 and "--jobs" in proc.stderr and "positive" in proc.stderr, proc.stderr
+    assert not (tmp_path / "jobs").exists()
+    help_ = _cli("plan", "-h").stdout
+    assert "Print the stage DAG" in help_ and "  --jobs" not in help_ and "  --prune-checkpoints" not in help_
+    plan = _cli("plan", ENTRY, "--scale", "tiny", "--out", str(tmp_path / "p"))
+    assert "estimated cost of the stages to run: ~" in plan.stdout and not (tmp_path / "p").exists()
+
+
+def test_a_full_disk_or_unwritable_directory_is_a_sentence(tmp_path, monkeypatch):
+    import errno
+
+    from benchmark import plan as plan_module
+    from benchmark.runner import cmd_run, parse_overrides  # noqa: F401
+
+    plan = build_plan([ENTRY], "tiny")
+    stage = next(iter(plan.stages.values()))
+    d = plan_module.write_stage_spec(stage, plan, tmp_path)
+    before = (d / "stage.json").read_text()
+    real = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name.startswith(".stage.json"):
+            real(self, before[:10])  # a partial write, then the device is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(RunError, match="no space left on the device that holds"):
+        run_plan(plan, tmp_path, progress=False, jobs=1)
+    assert (d / "stage.json").read_text() == before  # never a truncated stage.json
+    monkeypatch.undo()
+
+    def denied(self, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(RunError, match="choose a writable --out directory"):
+        run_plan(plan, tmp_path / "ro", progress=False)
