@@ -341,7 +341,7 @@ def load_checkpoint(engine, out: Path, dist: Dist) -> dict | None:
     bad: list[Path] = []
     chosen, state = None, None
     for path in candidates:
-        problem = None
+        problem, state = None, None
         if (path / MANIFEST).exists():
             problem = _damage(path, json.loads((path / MANIFEST).read_text()))
             if not problem:
