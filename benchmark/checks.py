@@ -2,8 +2,9 @@
 
     from benchmark import checks, results
     df = results.read("runs/paper")                              # the results store, one row per (model, metric)
+    samples = results.read_samples("runs/paper")                 # its per-example samples (samples.jsonl)
     checks.published_checks(df, "table1", scale="paper")         # measured vs Table 1, cell by cell
-    checks.claim_checks(df, "table1", scale="paper")             # every Table 1 claim, evaluated on measured means
+    checks.claim_checks(df, "table1", scale="paper", samples=samples)  # every Table 1 claim: status and verdict
     checks.summarize(records)                                    # pass / fail / not-comparable per artefact
 
 Two kinds of check, both plain dicts so a notebook can write them to `paper_tables/<scale>/checks.json`:
@@ -12,27 +13,55 @@ Two kinds of check, both plain dicts so a notebook can write them to `paper_tabl
   "status", "note"}. Meaningful only at `paper` scale (the public MiniLLM checkpoints, the Dolly test set); at any
   other scale every cell is `not-comparable`, never a silent pass.
 - claim: {"kind", "artefact", "scale", "id", "section", "quote", "metric", "relation", "measured", "published",
-  "status", "holds_on_published", "note"}. Meaningful at every scale: a claim is a relation between entries (A beats B,
-  A is best among S, TA order predicts student order), not a number.
+  "status", "verdict", "verdict_note", "score", "comparisons", "claimed_signs", "diff", "ci", "ci_level", "p_value",
+  "p_value_raw", "n_examples", "holds_on_published", "note"}. Meaningful at every scale: a claim is a relation between
+  entries (A beats B, A is best among S, TA order predicts student order), not a number.
 
 Statuses are `pass`, `fail` and `not-comparable` (a measurement is missing, or the scale is not `paper`).
 The paper's own numbers contradict some of its claims (`holds_on_published=False`, with a note); those claims are
 kept, so a reproduction that matches the paper shows them failing for the same reason.
+
+A claim's `status` compares means only. Its `verdict` tests every relation on the per-example samples
+(`results.read_samples`) with `benchmark.stats`: each relation becomes paired comparisons of two entries on the same
+test examples (`stats.paired_difference`; ROUGE-L per example, and for perplexity the per-example log-perplexity of
+the sampled response under the scorer, `log_ppl_samples`, so a few degenerate samples cannot decide a comparison):
+
+- `A beats B`: one comparison per pair, score(A) - score(B);
+- `best of S is W`: the winner (the best of the winners by sample mean when there are several) against every
+  entry of S that is not a winner;
+- `TA order = student order`: for every two links, their students compared in the order of their TAs' sample means;
+- relative gains: the statistic gain(big) - gain(small) (`stats.relative_gain_difference`, gains being ratios of
+  means: of ROUGE-L means, or of geometric-mean perplexities), the two pairs resampled together when their entries
+  were scored on the same test examples (same prompts and references) and independently otherwise (two families).
+
+Fields: `score` (the per-example column compared), `comparisons` (what each difference is: "A - B", or
+"gain(A over B) - gain(C over D)"), `claimed_signs` (+1: the claim puts that difference above 0, -1: below; a
+better perplexity is a lower one), `diff` (observed differences: ROUGE-L points, nats of log-perplexity (exp(diff)
+is the ratio of geometric-mean perplexities), or relative gains as fractions), `ci` ([low, high] per comparison, the
+percentile interval at Holm's step-down level `ci_level`, `stats.holm_intervals`: it excludes 0 exactly when the
+comparison is significant), `p_value` (Holm-adjusted over the claim's comparisons; `p_value_raw` unadjusted),
+`n_examples` (examples compared; both test sets for a cross-family gain) and `verdict`: `holds` (every comparison
+significant on its claimed side at family-wise level ALPHA = 0.05), `contradicted` (some comparison significant on
+the other side), `inconclusive` (otherwise), or `not-comparable` (no samples for an entry: evaluated before
+evaluations wrote samples.jsonl, or not at all; `verdict_note` says why, and the other verdict fields are null).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from benchmark import registry
+from benchmark import registry, stats
 
 STATUSES = ("pass", "fail", "not-comparable")
+ALPHA = 0.05  # family-wise level of a claim's verdict (Holm over its comparisons)
+N_RESAMPLES = 10000  # bootstrap resamples per comparison
 
 # The results-store metric compared against each published column. The paper never defines its perplexity; the
 # authors' code scores the student's sampled responses with an external model (published-verification.md §4.2,
@@ -168,6 +197,10 @@ class Beats:
     def holds(self, v: Mapping[str, float], higher: bool) -> bool:
         return all(_better(v[a], v[b], higher) for a, b in self.pairs)
 
+    def paired(self, v: Mapping[str, float], higher: bool) -> tuple[tuple[str, str], ...]:
+        """The (claimed better, claimed worse) comparisons that test this relation: every pair."""
+        return self.pairs
+
     def describe(self) -> str:
         return "; ".join(f"{a} beats {b}" for a, b in self.pairs)
 
@@ -189,6 +222,11 @@ class BestOf:
         # strict: a tie between a winner and a non-winner is not "the best"
         return any(v[w] == top for w in self.winners) and all(v[k] != top for k in self.among if k not in self.winners)
 
+    def paired(self, v: Mapping[str, float], higher: bool) -> tuple[tuple[str, str], ...]:
+        """The winner (the best of the winners on `v`) against every entry of `among` that is not a winner."""
+        winner = (max if higher else min)(self.winners, key=lambda k: v[k])
+        return tuple((winner, k) for k in self.among if k not in self.winners)
+
     def describe(self) -> str:
         return f"best of {', '.join(self.among)} is {' or '.join(self.winners)}"
 
@@ -207,6 +245,14 @@ class SameOrder:
     def holds(self, v: Mapping[str, float], higher: bool) -> bool:
         return all(
             _better(v[sa], v[sb], higher) == _better(v[ta], v[tb], higher)
+            for i, (ta, sa) in enumerate(self.links)
+            for tb, sb in self.links[i + 1 :]
+        )
+
+    def paired(self, v: Mapping[str, float], higher: bool) -> tuple[tuple[str, str], ...]:
+        """For every two links, the students in the order of their TAs on `v` (the better TA's student first)."""
+        return tuple(
+            (sa, sb) if _better(v[ta], v[tb], higher) else (sb, sa)
             for i, (ta, sa) in enumerate(self.links)
             for tb, sb in self.links[i + 1 :]
         )
@@ -523,7 +569,7 @@ def claims(artefact: str | None = None) -> tuple[Claim, ...]:
     return tuple(c for c in CLAIMS if artefact in (None, c.artefact))
 
 
-def _claim_record(claim: Claim, values: Mapping[str, float], scale: str | None) -> dict:
+def _claim_record(claim: Claim, values: Mapping[str, float], scale: str | None, verdict: dict) -> dict:
     pub = published(claim.metric)
     return {
         "kind": "claim",
@@ -537,20 +583,177 @@ def _claim_record(claim: Claim, values: Mapping[str, float], scale: str | None) 
         "measured": {k: values.get(k) for k in claim.entries},
         "published": {k: pub[k] for k in claim.entries},
         "status": claim.evaluate(values),
+        **verdict,
         "holds_on_published": claim.holds_on_published,
         "note": claim.note,
     }
 
 
-def claim_checks(df: pd.DataFrame, artefact: str | None, scale: str) -> list[dict]:
-    """Every claim of `artefact` (all claims for None) evaluated on the measured means at `scale`."""
+def claim_checks(
+    df: pd.DataFrame,
+    artefact: str | None,
+    scale: str,
+    samples: pd.DataFrame | None = None,
+    *,
+    alpha: float = ALPHA,
+    n_resamples: int = N_RESAMPLES,
+) -> list[dict]:
+    """Every claim of `artefact` (all claims for None) at `scale`: `status` on the measured means, and with
+    `samples` (`results.read_samples` of the same store) a `verdict` from paired bootstrap comparisons on the
+    per-example samples (module docstring); without them every verdict is `not-comparable`."""
     by_metric = {m: means(df, m, scale) for m in HIGHER_IS_BETTER}
-    return [_claim_record(c, by_metric[c.metric], scale) for c in claims(artefact)]
+    scores = {m: sample_scores(samples, df, m, scale) for m in HIGHER_IS_BETTER}
+    return [
+        _claim_record(c, by_metric[c.metric], scale, _verdict(c, scores[c.metric], samples, alpha, n_resamples))
+        for c in claims(artefact)
+    ]
 
 
 def claims_on_published() -> list[dict]:
-    """Every claim evaluated on the paper's own numbers: `status` must equal `holds_on_published` (tested)."""
-    return [_claim_record(c, published(c.metric), None) for c in CLAIMS]
+    """Every claim evaluated on the paper's own numbers: `status` must equal `holds_on_published` (tested). The paper
+    publishes no per-example scores, so every verdict is `not-comparable`."""
+    note = "the paper publishes no per-example scores"
+    return [_claim_record(c, published(c.metric), None, _no_verdict(c, note)) for c in CLAIMS]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verdicts: every relation as paired bootstrap comparisons on the per-example samples
+# --------------------------------------------------------------------------------------------------------------
+
+# The per-example column of `results.read_samples` compared for each paper metric: ROUGE-L per example, and for
+# perplexity the per-example log-perplexity of the sampled response under the scorer (never exp of it: a few
+# degenerate samples would decide a mean of perplexities; benchmark/stats.py, "Perplexity").
+SAMPLE_SCORE = {"rouge_l": "rouge_l", "perplexity": "log_ppl_samples"}
+VERDICTS = (*stats.VERDICTS, "not-comparable")
+
+
+class _NotComparable(Exception):
+    """A claim's relations cannot be compared on the samples; the message says why."""
+
+
+def sample_scores(samples: pd.DataFrame | None, df: pd.DataFrame, metric: str, scale: str) -> dict[str, pd.DataFrame]:
+    """entry -> its per-example scores for a paper metric (`rouge_l` or `perplexity`), a [seed x example] frame.
+
+    An entry's samples are those of the stage of its record in `df` (`measurements`: the newest at `scale`), so a
+    verdict and a status come from the same evaluation. A seed without a score (an empty response has no
+    log-perplexity) takes the example's mean over the entry's other seeds, which leaves the example's seed average
+    unchanged; an example without a score at any seed is left out. Entries without samples are absent."""
+    if samples is None or len(samples) == 0:
+        return {}
+    rows = measurements(df, MEASURED_METRIC[metric], scale)
+    col = SAMPLE_SCORE[metric]
+    out = {}
+    for entry in rows.index:
+        s = samples[samples["entry"] == entry]
+        stage = rows.loc[entry].get("stage")
+        if isinstance(stage, str) and "stage" in s.columns:
+            s = s[s["stage"] == stage]
+        if s.empty:
+            continue
+        s = s.drop_duplicates(["seed", "example"], keep="last")
+        table = s.pivot(index="seed", columns="example", values=col).astype(float).sort_index().sort_index(axis=1)
+        table = table.fillna(table.mean(axis=0)).dropna(axis=1, how="all")
+        if table.shape[1]:
+            out[entry] = table
+    return out
+
+
+def _aligned(scores: Mapping[str, pd.DataFrame], *entries: str) -> list[np.ndarray]:
+    """[seeds, examples] arrays of `entries` on their common seeds and examples."""
+    seeds, examples = scores[entries[0]].index, scores[entries[0]].columns
+    for k in entries[1:]:
+        seeds, examples = seeds.intersection(scores[k].index), examples.intersection(scores[k].columns)
+    if len(seeds) == 0 or len(examples) < 2:
+        raise _NotComparable(f"{', '.join(entries)} share {len(examples)} scored examples and {len(seeds)} seeds")
+    return [scores[k].loc[seeds, examples].to_numpy() for k in entries]
+
+
+def _same_examples(samples: pd.DataFrame, entries: Sequence[str]) -> bool:
+    """Whether `entries` were evaluated on the same test examples: the same prompt and reference at every id."""
+    if not {"prompt", "reference"} <= set(samples.columns):
+        return False
+
+    def texts(entry):
+        s = samples[samples["entry"] == entry].drop_duplicates("example")
+        return {e: (p, json.dumps(r)) for e, p, r in zip(s["example"], s["prompt"], s["reference"])}
+
+    first = texts(entries[0])
+    return all(texts(k) == first for k in entries[1:])
+
+
+def _comparisons(claim: Claim, scores: Mapping[str, pd.DataFrame], samples: pd.DataFrame, n_resamples: int) -> list:
+    """(description, PairedDifference, claimed sign) for every comparison the claim's relations make."""
+    higher = HIGHER_IS_BETTER[claim.metric]
+    sign = 1 if higher else -1  # the claimed side of score(better) - score(worse)
+    sample_means = {k: float(v.to_numpy().mean()) for k, v in scores.items()}
+    out = []
+    for rel in claim.relations:
+        if isinstance(rel, RelativeGainBelow):
+            four = rel.big + rel.small
+            if _same_examples(samples, four):
+                arrays, shared = _aligned(scores, *four), True
+            else:
+                arrays, shared = _aligned(scores, *rel.big) + _aligned(scores, *rel.small), False
+            try:
+                d = stats.relative_gain_difference(
+                    *arrays,
+                    shared_examples=shared,
+                    log_scores=claim.metric == "perplexity",
+                    higher_is_better=higher,
+                    n_resamples=n_resamples,
+                )
+            except ValueError as exc:  # a base mean of 0: no relative gain
+                raise _NotComparable(str(exc)) from None
+            desc = f"gain({rel.big[0]} over {rel.big[1]}) - gain({rel.small[0]} over {rel.small[1]})"
+            out.append((desc, d, -1))  # claimed: gain(big) < gain(small)
+            continue
+        for better, worse in rel.paired(sample_means, higher):
+            a, b = _aligned(scores, better, worse)
+            out.append((f"{better} - {worse}", stats.paired_difference(a, b, n_resamples=n_resamples), sign))
+    return out
+
+
+def _no_verdict(claim: Claim, note: str) -> dict:
+    return {
+        "verdict": "not-comparable",
+        "verdict_note": note,
+        "score": SAMPLE_SCORE[claim.metric],
+        **dict.fromkeys(("comparisons", "claimed_signs", "diff", "ci", "ci_level", "p_value", "p_value_raw")),
+        "n_examples": None,
+    }
+
+
+def _verdict(
+    claim: Claim, scores: Mapping[str, pd.DataFrame], samples: pd.DataFrame | None, alpha: float, n_resamples: int
+) -> dict:
+    """The verdict fields of a claim record (module docstring)."""
+    if samples is None:
+        return _no_verdict(claim, "no per-example samples were given")
+    missing = [k for k in claim.entries if k not in scores]
+    if missing:
+        return _no_verdict(
+            claim,
+            f"no per-example samples for {', '.join(missing)} (not evaluated, or evaluated before evaluations wrote "
+            "samples.jsonl)",
+        )
+    try:
+        comparisons = _comparisons(claim, scores, samples, n_resamples)
+    except _NotComparable as exc:
+        return _no_verdict(claim, str(exc))
+    assessed = stats.assess_claim([d for _, d, _ in comparisons], [s for *_, s in comparisons], alpha)
+    return {
+        "verdict": assessed.verdict,
+        "verdict_note": "",
+        "score": SAMPLE_SCORE[claim.metric],
+        "comparisons": [desc for desc, _, _ in comparisons],
+        "claimed_signs": list(assessed.claimed_signs),
+        "diff": [d.mean for _, d, _ in comparisons],
+        "ci": [list(iv) for iv in assessed.intervals],
+        "ci_level": list(assessed.levels),
+        "p_value": list(assessed.adjusted),
+        "p_value_raw": list(assessed.p_values),
+        "n_examples": [d.n_examples for _, d, _ in comparisons],
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -380,7 +380,7 @@ class EvalConfig:
     batch_size: int = 8  # --eval-batch-size 8; results do not depend on it (per-example generators)
     num_examples: int | None = None  # None = the whole test split (500)
     precision: Precision = "fp16"
-    version: int = 1
+    version: int = 2  # 2: evaluations also write samples.jsonl (per-example samples), so finished ones rerun
 
     def __post_init__(self):
         _validate(

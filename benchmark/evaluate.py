@@ -1,7 +1,7 @@
 """Test-time evaluation exactly as MiniLLM's `evaluate_main.py` does it (ref §5.1), plus three perplexities (ref §5.2).
 
     python -m benchmark evaluate runs/small/gpt2-120M-minillm --data data/prepared/gpt2 --scale small \\
-        --scorer runs/small/gpt2-1.5B-sft --results runs/small
+        --scorer runs/small/gpt2-1.5B-sft --results runs/small --samples runs/small/gpt2-120M-samples.jsonl
 
 prints one row per metric (mean, std over seeds, per-seed values) and appends the records to
 `runs/small/results.jsonl` (schema: `benchmark.results`):
@@ -41,10 +41,19 @@ students write blander, more predictable text), never what gold-response perplex
 responses better than its students). The gold definitions are reported beside it. Deviation from the authors'
 script, on purpose: the scorer is named and fixed, sees the prompt, and scores the token ids (no re-tokenization, no
 BOS); every seed is scored, not seed 10 only.
+
+Per-example samples (lm-evaluation-harness's `--log_samples`): with `samples_path`, `evaluate_model` also writes one
+JSON line per (seed, example) holding the text and every per-example quantity the records are built from, so each
+recorded value can be recomputed from them (tested): per seed, rouge_l and exact_match are the means of the examples'
+values, perplexity_samples the mean of exp(sample_nll / sample_tokens) over the examples with sample_tokens > 0;
+perplexity_gold = exp(mean of gold_nll / gold_tokens over the examples with gold_tokens > 0) and
+perplexity_gold_token = exp(sum gold_nll / sum gold_tokens) (the gold fields repeat at every seed). The chain
+runner writes them to each evaluate stage's `samples.jsonl`; `benchmark.results.read_samples` reads them back.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -105,21 +114,32 @@ def _as_list(ref) -> list[str]:
     return [ref] if isinstance(ref, str) else list(ref)
 
 
+def _rouge_l_each(predictions: list[str], references: list[str] | list[list[str]]) -> list[float]:
+    """Each example's rougeL F-measure x 100, max over its references; 0 for an empty prediction."""
+    _check_pairs(predictions, references)
+    scorer = _rouge_scorer()
+    out = []
+    for pred, ref in zip(predictions, references):
+        if not pred.strip():
+            out.append(0.0)  # ref §5.1: an empty prediction scores 0
+            continue
+        out.append(100.0 * max(scorer.score(target=r, prediction=pred)["rougeL"].fmeasure for r in _as_list(ref)))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    """The corpus score from the per-example scores (what a record holds and what `samples.jsonl` averages to)."""
+    return sum(values) / len(values)
+
+
 def rouge_l(predictions: list[str], references: list[str] | list[list[str]]) -> float:
-    """Corpus ROUGE-L x 100: mean over examples of the rougeL F-measure, max over an example's references.
+    """Corpus ROUGE-L x 100: mean over examples of the rougeL F-measure x 100, max over an example's references.
 
     `rouge_l(["the cats are running"], ["the cat runs"])` -> 85.71 (stemming: cats -> cat, running/runs -> run).
     An empty prediction (or one without [a-z0-9]) scores 0, as in rouge-score. Not rounded (the reference rounds the
     corpus score to 4 decimals).
     """
-    _check_pairs(predictions, references)
-    scorer = _rouge_scorer()
-    total = 0.0
-    for pred, ref in zip(predictions, references):
-        if not pred.strip():
-            continue  # ref §5.1: an empty prediction scores 0
-        total += max(scorer.score(target=r, prediction=pred)["rougeL"].fmeasure for r in _as_list(ref))
-    return 100.0 * total / len(predictions)
+    return _mean(_rouge_l_each(predictions, references))
 
 
 def _normalize_answer(s: str) -> str:
@@ -129,14 +149,18 @@ def _normalize_answer(s: str) -> str:
     return " ".join(s.split())
 
 
+def _exact_match_each(predictions: list[str], references: list[str] | list[list[str]]) -> list[float]:
+    """100.0 for each prediction equal to one of its references after `_normalize_answer`, else 0.0."""
+    _check_pairs(predictions, references)
+    return [
+        100.0 if any(_normalize_answer(p) == _normalize_answer(r) for r in _as_list(ref)) else 0.0
+        for p, ref in zip(predictions, references)
+    ]
+
+
 def exact_match(predictions: list[str], references: list[str] | list[list[str]]) -> float:
     """Percentage of predictions equal to one of their references after `_normalize_answer` (ref §5.1)."""
-    _check_pairs(predictions, references)
-    hits = sum(
-        any(_normalize_answer(p) == _normalize_answer(r) for r in _as_list(ref))
-        for p, ref in zip(predictions, references)
-    )
-    return 100.0 * hits / len(predictions)
+    return _mean(_exact_match_each(predictions, references))
 
 
 def postprocess(text: str, eos_text: str | None) -> str:
@@ -346,13 +370,35 @@ def perplexity_samples(
 ) -> float:
     """Mean over examples of exp(mean NLL) of sampled `responses` (token ids, EOS excluded) under `scorer`, given
     each example's prompt. Empty responses have no token to score and are skipped (nan if all are empty)."""
+    return _ppl_mean_of_exp(
+        _sample_nll(
+            scorer,
+            examples,
+            responses,
+            eos_token_id=eos_token_id,
+            max_prompt_length=max_prompt_length,
+            batch_size=batch_size,
+        )
+    )
+
+
+def _sample_nll(
+    scorer,
+    examples: Sequence,
+    responses: list[list[int]],
+    *,
+    eos_token_id: int,
+    max_prompt_length: int,
+    batch_size: int,
+) -> list[tuple[float, int]]:
+    """(sum NLL, scored tokens) of each sampled response under `scorer` given its prompt: (0.0, 0) when empty."""
     if len(examples) != len(responses):
         raise EvaluationError(f"{len(responses)} responses for {len(examples)} examples")
     if len(examples) == 0:
         raise EvaluationError("the test set is empty: no samples to score")
     prompts = [list(ex.prompt_ids)[:max_prompt_length] for ex in examples]
     responses = [[t for t in r if t != eos_token_id] for r in responses]
-    return _ppl_mean_of_exp(_response_nll(scorer, prompts, responses, eos_token_id=eos_token_id, batch_size=batch_size))
+    return _response_nll(scorer, prompts, responses, eos_token_id=eos_token_id, batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -462,6 +508,7 @@ def evaluate_model(
     scale: str | None = None,
     stage: str | None = None,
     results_path=None,
+    samples_path=None,
     device=None,
     progress: bool = True,
 ) -> list[dict]:
@@ -471,6 +518,15 @@ def evaluate_model(
 
     `data`: a PreparedData (`benchmark.data.load_prepared`) or a directory to load one from; it provides
     `.split("test")`, `.tokenizer`, `.eos_token_id`.
+
+    `samples_path`: a JSONL file to (over)write with one line per (seed, example), seeds in order, examples in
+    test-split order, fields `benchmark.results.SAMPLE_FIELDS`:
+    entry, stage (as given), seed, example (the index in the test split), prompt (text), prediction (the
+    post-processed sampled response), reference (the gold output), rouge_l and exact_match (that example's score
+    x 100), sample_nll and sample_tokens (summed NLL in nats and scored tokens of the sampled response under the
+    scorer; 0.0 and 0 for an empty response; null without a scorer), gold_nll and gold_tokens (the same for the gold
+    response under the evaluated model, seed-independent; 0.0 and 0 for an empty gold response). The module
+    docstring says how each record is recomputed from them.
     """
     from tqdm.auto import tqdm
 
@@ -503,21 +559,39 @@ def evaluate_model(
     references = [ex.output for ex in examples]
 
     per_seed: dict[str, list[float]] = {"rouge_l": [], "exact_match": [], "perplexity_samples": []}
+    samples: list[dict] = []  # one per (seed, example); the gold fields are added once they are known
     for seed in tqdm(cfg.seeds, desc="seeds", unit="seed", disable=not progress):
         ids = _sample_ids(model, examples, cfg, seed, eos_token_id=eos, progress=progress)
         texts = [postprocess(tokenizer.decode(r, skip_special_tokens=True), tokenizer.eos_token) for r in ids]
-        per_seed["rouge_l"].append(rouge_l(texts, references))
-        per_seed["exact_match"].append(exact_match(texts, references))
+        rouge_each, em_each = _rouge_l_each(texts, references), _exact_match_each(texts, references)
+        per_seed["rouge_l"].append(_mean(rouge_each))
+        per_seed["exact_match"].append(_mean(em_each))
+        scored: list[tuple[float | None, int | None]] = [(None, None)] * len(examples)
         if scorer_model is not None:
-            per_seed["perplexity_samples"].append(
-                perplexity_samples(
-                    scorer_model,
-                    examples,
-                    ids,
-                    eos_token_id=eos,
-                    max_prompt_length=cfg.max_prompt_length,
-                    batch_size=cfg.batch_size,
-                )
+            scored = _sample_nll(
+                scorer_model,
+                examples,
+                ids,
+                eos_token_id=eos,
+                max_prompt_length=cfg.max_prompt_length,
+                batch_size=cfg.batch_size,
+            )
+            per_seed["perplexity_samples"].append(_ppl_mean_of_exp(scored))
+        for i, ex in enumerate(examples):
+            samples.append(
+                {
+                    "entry": entry,
+                    "stage": stage,
+                    "seed": int(seed),
+                    "example": i,
+                    "prompt": ex.prompt,
+                    "prediction": texts[i],
+                    "reference": ex.output,
+                    "rouge_l": rouge_each[i],
+                    "exact_match": em_each[i],
+                    "sample_nll": scored[i][0],
+                    "sample_tokens": scored[i][1],
+                }
             )
 
     gold = _gold_nll(
@@ -557,7 +631,23 @@ def evaluate_model(
         )
     if results_path is not None:
         results.append(results_path, records)
+    if samples_path is not None:
+        for row in samples:
+            row["gold_nll"], row["gold_tokens"] = gold[row["example"]]
+        _write_samples(samples_path, samples)
     return records
+
+
+def _write_samples(path, rows: list[dict]) -> Path:
+    """`rows` as JSON lines (NaN as null), replacing `path`."""
+    from benchmark.results import _nan_to_none
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(_nan_to_none(row), ensure_ascii=False, allow_nan=False) + "\n")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -611,11 +701,14 @@ def cmd_evaluate(args) -> int:
         entry=args.entry,
         scale=args.scale,
         results_path=args.results,
+        samples_path=args.samples,
         progress=not args.no_progress,
     )
     print(format_table(records))
     if args.results:
         print(f"appended {len(records)} records to {args.results}")
+    if args.samples:
+        print(f"wrote {len(cfg.seeds)} x {records[0]['n_examples']} per-example samples to {args.samples}")
     return 0
 
 
@@ -635,6 +728,13 @@ def add_cli(subparsers) -> None:
     s.add_argument("--num-examples", type=int, default=None, help="first N test examples (default: all)")
     s.add_argument("--batch-size", type=int, default=None, help="generation batch size (results do not depend on it)")
     s.add_argument("--results", default=None, help="results JSONL file or run directory to append records to")
+    s.add_argument(
+        "--samples",
+        default=None,
+        metavar="PATH",
+        help="JSONL file to write the per-example samples to, one line per (seed, example): text, ROUGE-L, exact "
+        "match and the NLLs each perplexity is built from (replaced if it exists)",
+    )
     s.add_argument("--entry", default=None, help="registry entry key the model belongs to, e.g. gpt2/1.5B>120M")
     s.add_argument(
         "--scale",

@@ -4,9 +4,10 @@
     >>> df = results.read("runs/small")                      # a directory or the file itself
     >>> df[df.metric == "rouge_l"][["entry", "stage", "overrides", "mean", "std"]]
     >>> results.read("runs/small", overrides={})              # only records of the scale's default configs
+    >>> results.read_samples("runs/small", overrides={}, scale="small")  # their per-example samples
 
-Notebooks read only `read()`. Writers call `append(path, records)`; `benchmark.evaluate.evaluate_model` is the one
-writer today.
+Notebooks read only `read()` and `read_samples()`. Writers call `append(path, records)`;
+`benchmark.evaluate.evaluate_model` is the one writer today.
 
 Schema (SCHEMA_VERSION = 1), one JSON object per line:
 
@@ -32,6 +33,11 @@ Schema (SCHEMA_VERSION = 1), one JSON object per line:
     git_commit      HEAD of the benchmark checkout, or null outside git
     wall_time_s     wall time of the evaluation call that produced the record (all its metrics)
     created         UTC ISO-8601 time the record was made
+
+Per-example samples (lm-evaluation-harness's `--log_samples`) live beside the records: each evaluate stage of a run
+writes `RUN/stages/<stage>/samples.jsonl`, one JSON object per (seed, example) with the fields SAMPLE_FIELDS
+(`benchmark.evaluate.evaluate_model` documents them); `read_samples` returns the samples of the records `read`
+selects.
 """
 
 from __future__ import annotations
@@ -331,3 +337,93 @@ def read(path_or_dir, *, overrides=None, scale: str | None = None):
         return pd.DataFrame(columns=_COLUMNS)
     df = pd.DataFrame(rows)
     return df[[c for c in _COLUMNS if c in df.columns] + [c for c in df.columns if c not in _COLUMNS]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-example samples
+# ----------------------------------------------------------------------------------------------------------------
+
+SAMPLES_NAME = "samples.jsonl"
+SAMPLE_FIELDS = (
+    "entry",
+    "stage",
+    "seed",
+    "example",
+    "prompt",
+    "prediction",
+    "reference",
+    "rouge_l",
+    "exact_match",
+    "sample_nll",
+    "sample_tokens",
+    "gold_nll",
+    "gold_tokens",
+)
+
+
+def _log_ppl(nll, tokens):
+    """nll / tokens elementwise, NaN where there is no scored token (or no value)."""
+    import numpy as np
+
+    nll = np.asarray(nll, dtype=np.float64)
+    tokens = np.asarray(tokens, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(tokens > 0, nll / tokens, np.nan)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ResultsError(f"{path}:{lineno}: malformed samples line ({exc.msg})") from None
+    return rows
+
+
+def read_samples(path_or_dir, *, overrides=None, scale: str | None = None):
+    """The per-example samples of the evaluations whose records `read(path_or_dir, overrides=..., scale=...)`
+    selects: a pandas DataFrame, one row per (entry, seed, example).
+
+    Per entry (per scale and entry when `scale` is None) the stage of its newest record is taken, as
+    `benchmark.checks.measurements` takes the newest record, and its `RUN/stages/<name>-<stage>/samples.jsonl` read.
+    Columns: SAMPLE_FIELDS, `scale`, `log_ppl_samples` = sample_nll / sample_tokens (the example's log-perplexity of
+    its sampled response under the scorer; NaN for an empty response or without a scorer) and `log_ppl_gold` =
+    gold_nll / gold_tokens (NaN for an empty gold response).
+
+    Evaluations that wrote no samples are simply absent: evaluate stages finished before evaluations wrote
+    `samples.jsonl`, records appended by `python -m benchmark evaluate` (its `--samples` file is not looked for), a
+    store copied without its `stages/`. With none, the frame is empty (with these columns). A malformed line raises
+    ResultsError naming the file and the line.
+    """
+    import pandas as pd
+
+    records = read(path_or_dir, overrides=overrides, scale=scale)
+    run_dir = _resolve(path_or_dir).parent
+    columns = [*SAMPLE_FIELDS, "scale", "log_ppl_samples", "log_ppl_gold"]
+    if scale is not None:
+        records = records[records["scale"] == scale]
+    if "created" in records:
+        records = records.sort_values("created", kind="stable")
+    frames = []
+    for rec in records.drop_duplicates(["scale", "entry"], keep="last").itertuples(index=False):
+        if not isinstance(rec.stage, str) or not rec.stage:
+            continue
+        found = sorted((run_dir / "stages").glob(f"*-{rec.stage}/{SAMPLES_NAME}"))
+        rows = _read_jsonl(found[0]) if found else []
+        if rows:
+            frame = pd.DataFrame(rows)
+            frame["entry"], frame["stage"], frame["scale"] = rec.entry, rec.stage, rec.scale
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    df = pd.concat(frames, ignore_index=True)
+    for col in SAMPLE_FIELDS:
+        if col not in df:
+            df[col] = None
+    df["log_ppl_samples"] = _log_ppl(df["sample_nll"].astype(float), df["sample_tokens"].astype(float))
+    df["log_ppl_gold"] = _log_ppl(df["gold_nll"].astype(float), df["gold_tokens"].astype(float))
+    return df[columns + [c for c in df.columns if c not in columns]]

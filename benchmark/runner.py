@@ -280,19 +280,19 @@ def _reusable(plan: Plan, run_dir: Path, status: dict[str, str], redo: set[str],
         stage = plan.stages[sid]
         if sid in redo:
             where = move_aside(run_dir, stage, "redo")
-            print(f"redo {stage.dirname}: moved to {where}")
+            tqdm.write(f"redo {stage.dirname}: moved to {where}")
             status[sid] = "run"
             continue
         problems = verify_stage(run_dir / "stages" / stage.dirname)
         if problems:
             where = move_aside(run_dir, stage, "damaged")
-            print(f"damaged {stage.dirname}: {'; '.join(problems)}; moved to {where} and run again")
+            tqdm.write(f"damaged {stage.dirname}: {'; '.join(problems)}; moved to {where} and run again")
             status[sid] = "run"
     for sid in redo - set(done):  # interrupted or failed stages asked to start over
         d = run_dir / "stages" / plan.stages[sid].dirname
         if d.exists() and status[sid] != "sourced":
             where = move_aside(run_dir, plan.stages[sid], "redo")
-            print(f"redo {plan.stages[sid].dirname}: moved to {where}")
+            tqdm.write(f"redo {plan.stages[sid].dirname}: moved to {where}")
             status[sid] = "run"
 
 
@@ -605,7 +605,9 @@ def _execute(stage_dir: Path) -> None:
         from benchmark.evaluate import evaluate_model
 
         tmp = stage_dir / ".records.jsonl.tmp"
+        samples_tmp = stage_dir / ".samples.jsonl.tmp"
         tmp.unlink(missing_ok=True)
+        samples_tmp.unlink(missing_ok=True)
         records = evaluate_model(
             inputs["model"],
             load_prepared(inputs["data"]),
@@ -614,10 +616,13 @@ def _execute(stage_dir: Path) -> None:
             entry=spec["entry"],
             scale=spec["scale"],
             stage=spec["id"],
+            samples_path=samples_tmp,
             progress=False,
         )
         # every record names the `--set` overrides that produced it ({} for the scale's defaults)
         results.append(tmp, [r | {"overrides": spec.get("overrides") or {}} for r in records])
+        # the per-example samples (results.read_samples) before the records, both before DONE.json's manifest
+        os.replace(samples_tmp, stage_dir / results.SAMPLES_NAME)
         os.replace(tmp, stage_dir / "records.jsonl")
     else:  # pragma: no cover - the planner makes only these kinds
         raise RunError(f"unknown stage kind {kind!r} in {stage_dir}/stage.json")
@@ -977,6 +982,11 @@ def _positive_int(text: str) -> int:
     return n
 
 
+_HELP = {
+    "plan": "print the stage DAG the targets need, with status and cost",
+    "run": "run the stages the targets need (cached, verified, resumable)",
+    "reproduce": "run, then regenerate the tables and figures into paper_tables/<scale>",
+}
 _DESCRIPTIONS = {
     "plan": "Print the stage DAG the targets need at a scale: each stage's status in the run directory "
     "(run / resume / done / sourced), its estimated cost and its inputs, and the total cost of what is left. "
@@ -992,7 +1002,7 @@ def add_cli(sub) -> None:
     for verb, func in (("plan", cmd_plan), ("run", cmd_run), ("reproduce", cmd_reproduce)):
         p = sub.add_parser(
             verb,
-            help=_DESCRIPTIONS[verb].split(":")[0].split(".")[0].lower(),
+            help=_HELP[verb],
             description=_DESCRIPTIONS[verb] + "\n\n" + (plan_doc if verb == "plan" else __doc__).split("\n\n", 1)[1],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

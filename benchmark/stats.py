@@ -7,6 +7,7 @@
     stats.holm([0.01, 0.04, 0.03])                 # -> [0.03, 0.06, 0.06] (Holm-adjusted, same order)
     stats.verdict([d1, d2], [+1, -1])              # "holds" | "contradicted" | "inconclusive"
     stats.assess_claim([d1, d2], [+1, -1])         # the same, with adjusted p-values and Holm-level intervals
+    stats.relative_gain_difference(a1, a0, b1, b0, shared_examples=False)  # gain(a1 over a0) - gain(b1 over b0)
 
 Method. The resampling unit is the evaluation example, the thing two entries are paired on: each example's
 difference a - b is first averaged over the seeds (seeds are repeated measurements of the same example, not
@@ -61,6 +62,7 @@ __all__ = [
     "holm_intervals",
     "log_perplexity",
     "paired_difference",
+    "relative_gain_difference",
     "verdict",
 ]
 
@@ -500,3 +502,133 @@ def verdict(diffs: Sequence[PairedDifference], claimed_signs: Sequence[int], alp
     survive Holm's correction at alpha.
     """
     return assess_claim(diffs, claimed_signs, alpha).verdict
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Relative gains (ratios of means)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _per_example(x, name: str) -> np.ndarray:
+    """`x` ([seeds, examples] or [examples]) checked and averaged over its seeds: one value per example."""
+    return _exact_mean(_as_scores(x, name), axis=0)
+
+
+def _resampled_row_means(rows: Sequence[np.ndarray], n_resamples: int, seed) -> np.ndarray:
+    """[len(rows), n_resamples] means of the 1-D `rows` (same length) over resamples of their common examples: one
+    index matrix from default_rng(seed), shared by every row and drawn in chunks as `_resampled_means` does (the same
+    indices, so a single row gets exactly `_resampled_means`'s values, unsorted)."""
+    n = rows[0].shape[0]
+    refs = [r[0] for r in rows]
+    centred = [r - ref for r, ref in zip(rows, refs)]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _MAX_CHUNK_CELLS // n)
+    out = np.empty((len(rows), n_resamples), dtype=np.float64)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        for i, (ref, c) in enumerate(zip(refs, centred)):
+            out[i, start:stop] = ref + c[idx].mean(axis=1)
+    return out
+
+
+def _relative_change(new, base, log_scores: bool):
+    """(M(new) - M(base)) / M(base) elementwise: expm1(new - base) for log-scale means; 0/0 reads as 0 (no change)
+    and x/0 as +-inf."""
+    new, base = np.asarray(new, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    if log_scores:
+        return np.expm1(new - base)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = (new - base) / base
+    return np.where((new == base) & (base == 0), 0.0, change)
+
+
+def relative_gain_difference(
+    new_a,
+    base_a,
+    new_b,
+    base_b,
+    *,
+    shared_examples: bool,
+    log_scores: bool = False,
+    higher_is_better: bool = True,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PairedDifference:
+    """gain(new_a over base_a) - gain(new_b over base_b), with its percentile bootstrap interval and p-value.
+
+    gain(new, base) = s * (M(new) - M(base)) / M(base), s = +1 if `higher_is_better` else -1, M the mean over seeds
+    and examples; with `log_scores` (per-example log-perplexities) M is exp of that mean, the geometric-mean
+    perplexity, so gain = s * expm1(mean(new) - mean(base)). A gain is a ratio of means, not a mean of per-example
+    values, so `paired_difference` does not apply; the resampling is the same: the examples, each averaged over its
+    seeds first. new_a and base_a are paired on the same examples ([seeds, examples] or [examples], same shape), as
+    are new_b and base_b. With `shared_examples` the two pairs are on the same examples too (one family's test set):
+    one index matrix from default_rng(seed) resamples all four, so what the pairs share cancels. Otherwise (two test
+    sets, e.g. two families at small scale) pair a is resampled with default_rng(seed) and pair b independently with
+    default_rng([seed, 1]). Interval and p-value are read off the resampled statistics exactly as in
+    `paired_difference` (`interval(level)`, `assess_claim` and `holm_intervals` accept the result). In a resample
+    whose base mean is 0 the relative change is taken as 0 when the new mean is 0 too, else +-inf (and the
+    difference of two infinite changes as 0).
+
+    Returns a PairedDifference whose `mean` is the observed statistic, n_examples the examples of pair a (with
+    `shared_examples`) or of both pairs together, n_seeds the seeds of new_a.
+    relative_gain_difference(x1, x0, x1, x0, shared_examples=True) -> mean 0, interval [0, 0], p_value 1.0.
+    Raises ValueError as `paired_difference` does (shapes, NaN, fewer than two examples, arguments), on pairs of
+    different example counts with `shared_examples`, or when an observed base mean is 0 (no relative gain).
+    """
+    _check_bootstrap_args(n_resamples, level)
+    arrays = {}
+    for name, x in (("new_a", new_a), ("base_a", base_a), ("new_b", new_b), ("base_b", base_b)):
+        arrays[name] = _as_2d(x, name)
+    for new, base in (("new_a", "base_a"), ("new_b", "base_b")):
+        if arrays[new].shape != arrays[base].shape:
+            raise ValueError(
+                f"{new} and {base} must hold the same [seeds, examples]; got {arrays[new].shape} and "
+                f"{arrays[base].shape}"
+            )
+    for name, arr in arrays.items():
+        _check_scores(arr, name)
+    if shared_examples and arrays["new_a"].shape[1] != arrays["new_b"].shape[1]:
+        raise ValueError(
+            f"shared_examples: both pairs must hold the same examples; got {arrays['new_a'].shape[1]} and "
+            f"{arrays['new_b'].shape[1]} examples"
+        )
+    rows = {name: _exact_mean(arr, axis=0) for name, arr in arrays.items()}
+    observed = {name: float(_exact_mean(r, axis=0)) for name, r in rows.items()}
+    if not log_scores:
+        zero = [name for name in ("base_a", "base_b") if observed[name] == 0]
+        if zero:
+            raise ValueError(f"{' and '.join(zero)} average to 0: a relative gain over it is undefined")
+    s = 1.0 if higher_is_better else -1.0
+
+    def statistic(m):
+        change_a = _relative_change(m["new_a"], m["base_a"], log_scores)
+        change_b = _relative_change(m["new_b"], m["base_b"], log_scores)
+        diff = change_a - change_b
+        return s * np.where(np.isnan(diff), 0.0, diff)  # inf - inf (both bases 0 in a resample): no difference
+
+    names = ("new_a", "base_a", "new_b", "base_b")
+    if shared_examples:
+        resampled = dict(zip(names, _resampled_row_means([rows[k] for k in names], n_resamples, seed)))
+        n_examples = arrays["new_a"].shape[1]
+    else:
+        resampled = dict(zip(names[:2], _resampled_row_means([rows[k] for k in names[:2]], n_resamples, seed)))
+        resampled |= dict(zip(names[2:], _resampled_row_means([rows[k] for k in names[2:]], n_resamples, [seed, 1])))
+        n_examples = arrays["new_a"].shape[1] + arrays["new_b"].shape[1]
+    means = np.sort(statistic(resampled))
+    means.setflags(write=False)
+    low, high = _interval(means, level)
+    p, direction = _two_sided_p(means)
+    return PairedDifference(
+        mean=float(statistic(observed)),
+        low=low,
+        high=high,
+        p_value=p,
+        n_examples=n_examples,
+        n_seeds=arrays["new_a"].shape[0],
+        n_resamples=n_resamples,
+        level=level,
+        direction=direction,
+        resampled=means,
+    )

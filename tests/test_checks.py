@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -233,6 +235,199 @@ def test_claim_checks_on_a_store_and_missing_entries():
     assert statuses["opt-ppl-ta-predicts-student"] == "pass"
     # claims at a scale with no records at all
     assert {r["status"] for r in checks.claim_checks(df, None, "paper")} == {"not-comparable"}
+
+
+# ---------------------------------------------------------------------------------------------- verdicts on samples
+
+
+def sample_frame(rouge, ppl, n_examples=40, seeds=(10, 20, 30, 40, 50), seed=0, prompts=None) -> pd.DataFrame:
+    """Per-example samples (`results.read_samples` columns) of every entry of `rouge` / `ppl` (entry -> value):
+    each example's ROUGE-L is the entry's value plus a difficulty shared by the family's entries and a little
+    (seed, example) noise; its log-perplexity likewise around log(value). `prompts(family, i)` names the examples
+    (default: one test set per family)."""
+    rng = np.random.default_rng(seed)
+    prompts = prompts or (lambda family, i: f"{family} prompt {i}")
+    difficulty = {f: rng.normal(0.0, 1.0, size=n_examples) for f in ("gpt2", "opt")}
+    rows = []
+    for entry in dict.fromkeys([*rouge, *ppl]):
+        family = entry.split("/")[0]
+        for s in seeds:
+            noise = rng.normal(0.0, 0.01, size=(2, n_examples))
+            for i in range(n_examples):
+                log_ppl = math.log(ppl[entry]) + 0.1 * difficulty[family][i] + noise[1, i] if entry in ppl else None
+                rows.append(
+                    {
+                        "entry": entry,
+                        "stage": f"stage-{entry}",
+                        "seed": s,
+                        "example": i,
+                        "prompt": prompts(family, i),
+                        "reference": f"reference {i}",
+                        "rouge_l": rouge[entry] + difficulty[family][i] + noise[0, i] if entry in rouge else None,
+                        "sample_nll": None if log_ppl is None else 10 * log_ppl,
+                        "sample_tokens": 10,
+                        "log_ppl_samples": np.nan if log_ppl is None else log_ppl,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def store_of(samples: pd.DataFrame, scale: str = "small") -> pd.DataFrame:
+    """The records those samples average to: rouge_l and perplexity_samples means, as evaluate_model makes them."""
+    frames = []
+    for metric, value in (("rouge_l", samples["rouge_l"]), ("perplexity_samples", np.exp(samples["log_ppl_samples"]))):
+        means = samples.assign(v=value).dropna(subset=["v"]).groupby("entry")["v"].mean()
+        frames.append(store(means.to_dict(), metric, scale).assign(stage=[f"stage-{k}" for k in means.index]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_every_claim_gets_the_verdict_the_papers_numbers_give():
+    """Samples around the published numbers: a claim the paper's tables support holds, one they do not is
+    contradicted (its relation is significant the other way); each comparison carries its difference, interval and
+    Holm-adjusted p-value."""
+    samples = sample_frame(checks.published("rouge_l"), checks.published("perplexity"))
+    out = checks.claim_checks(store_of(samples), None, "small", samples, n_resamples=2000)
+    assert [r["id"] for r in out] == [c.id for c in checks.CLAIMS]
+    for r in out:
+        assert r["verdict"] == ("holds" if r["holds_on_published"] else "contradicted"), (r["id"], r)
+        assert r["status"] == ("pass" if r["holds_on_published"] else "fail")
+        n = len(r["comparisons"])
+        assert n >= 1 and all(len(r[k]) == n for k in ("claimed_signs", "diff", "ci", "ci_level", "p_value"))
+        assert all(adj >= raw for adj, raw in zip(r["p_value"], r["p_value_raw"]))
+        assert r["score"] == ("rouge_l" if r["metric"] == "rouge_l" else "log_ppl_samples")
+        for d, (low, high), sign in zip(r["diff"], r["ci"], r["claimed_signs"]):
+            assert low <= d <= high
+            if r["verdict"] == "holds":
+                assert (low > 0) if sign > 0 else (high < 0)
+    json.dumps(out, allow_nan=False)  # checks.json stays strict JSON
+    by_id = {r["id"]: r for r in out}
+    # BestOf: the best winner by mean against every non-winner
+    best = by_id["gpt2-rouge-gradual-not-excessive"]
+    assert best["comparisons"] == [
+        "gpt2/1.5B>760M>120M - gpt2/1.5B>120M",
+        "gpt2/1.5B>760M>120M - gpt2/1.5B>760M>340M>120M",
+    ]
+    assert best["claimed_signs"] == [1, 1]
+    # SameOrder: the students in the order of their TAs (lower perplexity first), claimed below 0
+    order = by_id["opt-ppl-ta-predicts-student"]
+    pub = checks.published("perplexity")
+    links = [("opt/13B>6.7B", "opt/13B>6.7B>1.3B"), ("opt/13B>2.7B", "opt/13B>2.7B>1.3B"),
+             ("opt/13B>6.7B>2.7B", "opt/13B>6.7B>2.7B>1.3B")]  # fmt: skip
+    expect = [
+        f"{sa} - {sb}" if pub[ta] < pub[tb] else f"{sb} - {sa}"
+        for i, (ta, sa) in enumerate(links)
+        for tb, sb in links[i + 1 :]
+    ]
+    assert order["comparisons"] == expect and order["claimed_signs"] == [-1, -1, -1]
+    # relative gains across families: two test sets, resampled independently (both sets' examples count)
+    gain = by_id["larger-family-smaller-rouge-gain"]
+    assert gain["comparisons"] == [
+        "gain(opt/13B>6.7B>1.3B over opt/13B>1.3B) - gain(gpt2/1.5B>760M>120M over gpt2/1.5B>120M)"
+    ]
+    assert gain["n_examples"] == [80] and gain["claimed_signs"] == [-1]
+    rouge = checks.published("rouge_l")
+    rel = lambda new, base: (rouge[new] - rouge[base]) / rouge[base]
+    expect = rel("opt/13B>6.7B>1.3B", "opt/13B>1.3B") - rel("gpt2/1.5B>760M>120M", "gpt2/1.5B>120M")  # +14.5% - 10.6%
+    assert gain["diff"][0] == pytest.approx(expect, abs=0.005)
+
+
+def test_verdict_holds_contradicted_inconclusive():
+    a, b = "gpt2/1.5B>760M>120M", "gpt2/1.5B>120M"  # gpt2-rouge-760m-ta-120m-student: a beats b
+
+    def verdict(samples):
+        out = checks.claim_checks(store_of(samples), "table1", "small", samples)
+        return next(r for r in out if r["id"] == "gpt2-rouge-760m-ta-120m-student")
+
+    holds = verdict(sample_frame({a: 25.5, b: 25.0}, {}, n_examples=60, seed=3))
+    contradicted = verdict(sample_frame({a: 24.5, b: 25.0}, {}, n_examples=60, seed=3))
+    # a differs from b by +1 on half of the examples and -1 on the other half: a difference of exactly 0
+    tie = sample_frame({a: 25.0, b: 25.0}, {}, n_examples=60, seed=3)
+    mine, theirs = tie["entry"] == a, tie["entry"] == b
+    tie.loc[mine, "rouge_l"] = tie.loc[theirs, "rouge_l"].to_numpy() + np.where(tie.loc[theirs, "example"] % 2, 1, -1)
+    inconclusive = verdict(tie)
+    assert (holds["verdict"], contradicted["verdict"], inconclusive["verdict"]) == (
+        "holds",
+        "contradicted",
+        "inconclusive",
+    )
+    assert holds["comparisons"] == [f"{a} - {b}"] and holds["diff"][0] == pytest.approx(0.5, abs=0.01)
+    assert holds["ci"][0][0] > 0 and contradicted["ci"][0][1] < 0
+    low, high = inconclusive["ci"][0]
+    assert low < 0 < high and inconclusive["p_value"][0] > 0.5 and inconclusive["diff"][0] == pytest.approx(0.0)
+    assert holds["ci_level"] == [0.95] and holds["p_value"] == holds["p_value_raw"]  # one comparison: no correction
+
+
+def test_perplexity_verdict_uses_log_perplexity_so_one_degenerate_sample_cannot_decide():
+    """gpt2-ppl-better-ta-better-student: 1.5B>760M beats 1.5B>760M>340M and 1.5B>760M>120M beats the three-step
+    chain. One gibberish sample of 1.5B>760M>120M (22026 perplexity at one seed of one example of 200) lifts its
+    mean perplexity above the three-step chain's, so the mean-based status fails; the per-example log-perplexities
+    still show the claim holding."""
+    pub = checks.published("perplexity")
+    four = ["gpt2/1.5B>760M", "gpt2/1.5B>760M>340M", "gpt2/1.5B>760M>120M", "gpt2/1.5B>760M>340M>120M"]
+    samples = sample_frame({}, {k: pub[k] for k in four}, n_examples=200, seed=4)
+    clean = checks.claim_checks(store_of(samples), "table3", "small", samples)
+    degenerate = (samples["entry"] == "gpt2/1.5B>760M>120M") & (samples["seed"] == 10) & (samples["example"] == 0)
+    samples.loc[degenerate, ["sample_nll", "log_ppl_samples"]] = [100.0, 10.0]
+    dirty = checks.claim_checks(store_of(samples), "table3", "small", samples)
+    before = {r["id"]: r for r in clean}["gpt2-ppl-better-ta-better-student"]
+    after = {r["id"]: r for r in dirty}["gpt2-ppl-better-ta-better-student"]
+    assert (before["status"], before["verdict"]) == ("pass", "holds")
+    assert after["measured"]["gpt2/1.5B>760M>120M"] > after["measured"]["gpt2/1.5B>760M>340M>120M"]
+    assert (after["status"], after["verdict"]) == ("fail", "holds")
+    assert after["diff"][1] < 0 and after["ci"][1][1] < 0
+
+
+def test_empty_responses_leave_the_seed_average_of_their_example_unchanged():
+    """An empty response has no log-perplexity: that seed takes the example's mean over the other seeds, and an example
+    without a scored response at any seed leaves the comparison."""
+    a, b = "gpt2/1.5B>760M>120M", "gpt2/1.5B>120M"  # gpt2-ppl-two-steps-optimal needs all four 120M students
+    samples = sample_frame({}, {k: 20.0 + i for i, k in enumerate(checks._GPT2_120M)}, n_examples=30, seed=5)
+    empty = (samples["entry"] == a) & (
+        ((samples["example"] == 3) & (samples["seed"] == 20)) | (samples["example"] == 7)
+    )
+    samples.loc[empty, ["sample_nll", "sample_tokens", "log_ppl_samples"]] = [0.0, 0, np.nan]
+    (rec,) = [
+        r
+        for r in checks.claim_checks(store_of(samples), "table3", "small", samples, n_resamples=500)
+        if r["id"] == "gpt2-ppl-two-steps-optimal"
+    ]
+    assert rec["comparisons"][0] == f"{a} - {b}" and rec["n_examples"][0] == 29
+    lp = samples.pivot_table(index=["entry", "example"], columns="seed", values="log_ppl_samples")
+    per_example = lp.mean(axis=1)  # the mean over the seeds that have a score
+    expect = (per_example[a] - per_example[b]).drop(7).mean()
+    assert rec["diff"][0] == pytest.approx(expect, rel=1e-9)
+
+
+def test_verdict_not_comparable_without_samples():
+    samples = sample_frame(checks.published("rouge_l"), {}, n_examples=10)
+    df = store_of(samples)
+    no_samples = checks.claim_checks(df, "table1", "small")
+    assert {r["verdict"] for r in no_samples} == {"not-comparable"}
+    assert all(r["diff"] is None and r["ci"] is None and r["verdict_note"] for r in no_samples)
+    assert [r["status"] for r in no_samples] == [
+        r["status"] for r in checks.claim_checks(df, "table1", "small", samples)
+    ]
+    # an entry evaluated before samples.jsonl existed: its claims are not comparable, the others get verdicts
+    old = samples[samples["entry"] != "gpt2/1.5B>340M>120M"]
+    out = {r["id"]: r for r in checks.claim_checks(df, "table1", "small", old)}
+    assert out["gpt2-rouge-760m-ta-beats-340m-ta"]["verdict"] == "not-comparable"
+    assert "gpt2/1.5B>340M>120M" in out["gpt2-rouge-760m-ta-beats-340m-ta"]["verdict_note"]
+    assert out["gpt2-rouge-760m-ta-120m-student"]["verdict"] == "holds"
+    # samples of another stage than the record's are not this evaluation's
+    other = samples.assign(stage="another evaluation")
+    assert {r["verdict"] for r in checks.claim_checks(df, "table1", "small", other)} == {"not-comparable"}
+    assert {r["verdict"] for r in checks.claims_on_published()} == {"not-comparable"}
+
+
+def test_relative_gain_of_one_test_set_is_resampled_together():
+    same = lambda family, i: f"prompt {i}"  # both families on the same examples (the paper scale's Dolly test set)
+    samples = sample_frame(checks.published("rouge_l"), {}, prompts=same)
+    (gain,) = [
+        r
+        for r in checks.claim_checks(store_of(samples), "table2", "small", samples)
+        if r["id"] == "larger-family-smaller-rouge-gain"
+    ]
+    assert gain["n_examples"] == [40] and gain["verdict"] == "contradicted"
 
 
 # ---------------------------------------------------------------------------------------------- checks.json, summary

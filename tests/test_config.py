@@ -110,7 +110,7 @@ EVAL = {
     "batch_size": 8,  # ref §5.1: --eval-batch-size 8
     "num_examples": None,  # ref §5.1: the whole test split
     "precision": "fp16",  # ref §5.1: model loaded in fp16
-    "version": 1,  # project
+    "version": 2,  # project: 2 since evaluations write samples.jsonl
 }
 
 TABLES = [(GenerationSettings, GENERATION), (MiniLLMConfig, MINILLM), (SFTConfig, SFT), (EvalConfig, EVAL)]

@@ -6,6 +6,7 @@ OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_evaluate.py -q     # ~15
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import types
@@ -322,6 +323,77 @@ def test_evaluate_model_records(saved_models, tiny_gpt2, tiny_tokenizer, tmp_pat
     assert len(df) == 5 and set(df["entry"]) == {"gpt2/1.5B>120M"} and set(df["stage"]) == {"s1"}
 
 
+def test_samples_reproduce_every_record(saved_models, tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
+    """samples.jsonl: one line per (seed, example) with the fields of results.SAMPLE_FIELDS, from which every recorded
+    value is recomputed, with the code's edge cases: an empty sampled response (no token to score) and an empty gold
+    response are skipped by the example-mean perplexities."""
+    import pandas as pd
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        scorer = type(tiny_gpt2)(tiny_gpt2.config).eval()
+    scorer.save_pretrained(tmp_path / "scorer")
+    eos = tiny_tokenizer.eos_token_id
+    exs = _examples(tiny_tokenizer) + [Ex("say nothing", "", tiny_tokenizer.encode("say nothing"), [eos])]
+    real = evaluate._sample_ids
+
+    def second_response_empty(*args, **kwargs):
+        ids = real(*args, **kwargs)
+        ids[1] = []
+        return ids
+
+    monkeypatch.setattr(evaluate, "_sample_ids", second_response_empty)
+    cfg = _cfg(seeds=(10, 20), batch_size=4)
+    path = tmp_path / "out" / "samples.jsonl"
+    recs = evaluate.evaluate_model(
+        saved_models[0],
+        FakeData(exs, tiny_tokenizer),
+        cfg,
+        scorer=tmp_path / "scorer",
+        entry="gpt2/1.5B>120M",
+        stage="s1",
+        samples_path=path,
+        device="cpu",
+        progress=False,
+    )
+    by = {r["metric"]: r["values"] for r in recs}
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [tuple(line) for line in lines] == [results.SAMPLE_FIELDS] * 12
+    assert [(line["seed"], line["example"]) for line in lines] == [(s, i) for s in (10, 20) for i in range(6)]
+    first = lines[0]
+    assert (first["entry"], first["stage"], first["prompt"], first["reference"]) == (
+        "gpt2/1.5B>120M",
+        "s1",
+        exs[0].prompt,
+        exs[0].output,
+    )
+    assert isinstance(first["prediction"], str) and first["sample_tokens"] > 0 and first["gold_tokens"] > 0
+    empty = lines[1]
+    assert (empty["prediction"], empty["rouge_l"], empty["sample_nll"], empty["sample_tokens"]) == ("", 0.0, 0.0, 0)
+    assert (lines[5]["gold_nll"], lines[5]["gold_tokens"]) == (0.0, 0)  # an empty gold response
+    df = pd.DataFrame(lines)
+    for k, seed in enumerate(cfg.seeds):
+        one = df[df["seed"] == seed]
+        assert one["rouge_l"].mean() == pytest.approx(by["rouge_l"][k], rel=1e-12, abs=1e-12)
+        assert one["exact_match"].mean() == pytest.approx(by["exact_match"][k], rel=1e-12, abs=1e-12)
+        scored = one[one["sample_tokens"] > 0]
+        assert 1 not in set(scored["example"]) and len(scored) >= 2
+        ppl = (scored["sample_nll"] / scored["sample_tokens"]).map(math.exp).mean()
+        assert ppl == pytest.approx(by["perplexity_samples"][k], rel=1e-12)
+    gold = df[df["seed"] == 10]
+    assert (
+        gold[["gold_nll", "gold_tokens"]].values.tolist()
+        == df[df["seed"] == 20][["gold_nll", "gold_tokens"]].values.tolist()
+    )
+    scored = gold[gold["gold_tokens"] > 0]
+    assert math.exp((scored["gold_nll"] / scored["gold_tokens"]).mean()) == pytest.approx(
+        by["perplexity_gold"][0], rel=1e-12
+    )
+    assert math.exp(gold["gold_nll"].sum() / gold["gold_tokens"].sum()) == pytest.approx(
+        by["perplexity_gold_token"][0], rel=1e-12
+    )
+
+
 def test_evaluate_empty_split_raises(saved_models, tiny_tokenizer):
     with pytest.raises(EvaluationError, match="empty"):
         evaluate.evaluate_model(saved_models[0], FakeData([], tiny_tokenizer), _cfg(), device="cpu", progress=False)
@@ -351,12 +423,17 @@ def test_cli(saved_models, tiny_tokenizer, tmp_path, monkeypatch, capsys):
             "2",
             "--results",
             str(tmp_path / "r.jsonl"),
+            "--samples",
+            str(tmp_path / "samples.jsonl"),
             "--no-progress",
         ]
     )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "rouge_l" in out and "perplexity_gold_token" in out and "appended 4 records" in out
+    assert f"wrote 2 x 3 per-example samples to {tmp_path / 'samples.jsonl'}" in out
+    lines = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and {(line["sample_nll"], line["sample_tokens"]) for line in lines} == {(None, None)}
     df = results.read(tmp_path / "r.jsonl")
     assert list(df[df.metric == "rouge_l"]["seeds"].iloc[0]) == [10, 20]
     assert int(df["n_examples"].iloc[0]) == 3

@@ -1,16 +1,18 @@
 """The notebooks, executed with papermill on fixture results stores (about 4 s per notebook).
 
 The committed store `tests/fixtures/results/published` holds the published numbers at scale `paper`; the variants
-are derived from it here: one perturbed cell, and the same values at scale `small`.
+are derived from it here: one perturbed cell, and the same values at scale `small` with per-example samples.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from benchmark import checks, registry
@@ -20,18 +22,45 @@ FIXTURE = Path(__file__).parent / "fixtures" / "results" / "published" / "result
 PERTURBED = "gpt2/1.5B>760M>120M"  # Table 1: 27.20 -> 24.00
 
 
-def derive_store(directory: Path, scale: str = "paper", rouge_l: dict[str, float] | None = None) -> Path:
-    """A copy of the fixture store at `scale`, with some ROUGE-L means (and their seed values) replaced."""
+def derive_store(
+    directory: Path, scale: str = "paper", rouge_l: dict[str, float] | None = None, samples: int = 0
+) -> Path:
+    """A copy of the fixture store at `scale`, with some ROUGE-L means (and their seed values) replaced; with
+    `samples`, each entry's records get a stage of their own whose `samples.jsonl` holds that many examples per seed
+    around the recorded values (an example difficulty shared by the family plus a little noise)."""
     directory.mkdir(parents=True)
-    lines = []
+    lines, by_entry = [], {}
     for line in FIXTURE.read_text().splitlines():
         rec = json.loads(line) | {"scale": scale}
         new = (rouge_l or {}).get(rec["entry"]) if rec["metric"] == "rouge_l" else None
         if new is not None:
             rec["values"] = [round(v - rec["mean"] + new, 2) for v in rec["values"]]
             rec["mean"] = new
+        if samples:
+            rec["stage"] = f"{list(registry.ENTRIES).index(rec['entry']):012x}"  # a stage id of 12 hex digits
+            by_entry.setdefault(rec["entry"], {})[rec["metric"]] = rec
         lines.append(json.dumps(rec))
     (directory / "results.jsonl").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(0)
+    difficulty = {f: rng.normal(0.0, 1.0, size=samples) for f in ("gpt2", "opt")}
+    for entry, recs in by_entry.items():
+        family, stage = entry.split("/")[0], recs["rouge_l"]["stage"]
+        gold = math.log(recs["perplexity_gold"]["values"][0])
+        rows = []
+        for k, seed in enumerate(recs["rouge_l"]["seeds"]):
+            log_ppl = math.log(recs["perplexity_samples"]["values"][k])
+            for i in range(samples):
+                noise = rng.normal(0.0, 0.01, size=2)
+                rows.append({
+                    "entry": entry, "stage": stage, "seed": seed, "example": i, "prompt": f"{family} prompt {i}",
+                    "prediction": "p", "reference": f"reference {i}",
+                    "rouge_l": recs["rouge_l"]["values"][k] + difficulty[family][i] + noise[0], "exact_match": 0.0,
+                    "sample_nll": 10 * (log_ppl + 0.1 * difficulty[family][i] + noise[1]), "sample_tokens": 10,
+                    "gold_nll": 8 * gold, "gold_tokens": 8,
+                })  # fmt: skip
+        stage_dir = directory / "stages" / f"evaluate-{family}-fixture-{stage}"
+        stage_dir.mkdir(parents=True)
+        (stage_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return directory
 
 
@@ -60,7 +89,7 @@ def paper_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("small")
-    return run_notebooks(derive_store(tmp / "results", scale="small"), "small", tmp / "tables")
+    return run_notebooks(derive_store(tmp / "results", scale="small", samples=30), "small", tmp / "tables")
 
 
 def test_published_values_pass_every_published_check(paper_run):
@@ -73,6 +102,9 @@ def test_published_values_pass_every_published_check(paper_run):
     claims = [r for r in records if r["kind"] == "claim"]
     assert [r["id"] for r in claims] == [c.id for c in checks.CLAIMS]
     assert all(r["status"] == ("pass" if r["holds_on_published"] else "fail") for r in claims)
+    # a store without its stages has no per-example samples: no verdicts, and the tables say why
+    assert {r["verdict"] for r in claims} == {"not-comparable"}
+    assert "— verdict **not-comparable** (no per-example samples for " in (paper_run / "table1.md").read_text()
     # executed copies live beside the outputs; the committed notebooks stay clean
     assert {p.name for p in (paper_run / "executed").iterdir()} == {f"{a}.ipynb" for a in registry.ARTEFACTS}
     for name in registry.ARTEFACTS:
@@ -124,8 +156,12 @@ def test_small_scale_is_never_compared_with_the_paper(small_run):
     assert ALL_FILES <= outputs(small_run)
     records = load_checks(small_run)
     assert {r["status"] for r in records if r["kind"] == "published"} == {"not-comparable"}
-    # claims are meaningful at every scale
-    assert all(r["status"] == ("pass" if r["holds_on_published"] else "fail") for r in records if r["kind"] == "claim")
+    # claims are meaningful at every scale; with the per-example samples each gets a verdict with its intervals
+    claims = [r for r in records if r["kind"] == "claim"]
+    assert all(r["status"] == ("pass" if r["holds_on_published"] else "fail") for r in claims)
+    assert all(r["verdict"] == ("holds" if r["holds_on_published"] else "contradicted") for r in claims)
+    md = (small_run / "table1.md").read_text()
+    assert "— verdict **holds** (gpt2/1.5B>760M>340M - gpt2/1.5B>340M: Δ +0.9" in md
     assert "scale `small`" in (small_run / "figure2.md").read_text()
 
 

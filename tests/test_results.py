@@ -89,3 +89,71 @@ def test_model_identity_hashes_weights(tiny_gpt2, tmp_path):
     assert results.model_identity(tmp_path / "b")["sha256"] != a["sha256"]
     hub = results.model_identity("MiniLLM/not-cached-here")  # offline, nothing cached
     assert hub == {"path": None, "hub_id": "MiniLLM/not-cached-here", "sha256": None}
+
+
+def _write_samples(run, stage: str, rows: list[dict]) -> None:
+    d = run / "stages" / f"evaluate-gpt2-x-{stage}"
+    d.mkdir(parents=True)
+    (d / results.SAMPLES_NAME).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _sample(seed, example, nll=6.0, tokens=3, **kw):
+    return {
+        "entry": "stale name",  # the record's entry and stage win over what the file says
+        "stage": "stale",
+        "seed": seed,
+        "example": example,
+        "prompt": f"prompt {example}",
+        "prediction": "p",
+        "reference": "r",
+        "rouge_l": 10.0 * example,
+        "exact_match": 0.0,
+        "sample_nll": nll,
+        "sample_tokens": tokens,
+        "gold_nll": 4.0,
+        "gold_tokens": 2,
+    } | kw
+
+
+def test_read_samples_follows_the_records_read_selects(tmp_path):
+    run = tmp_path / "run"
+    a, b = "gpt2/1.5B>120M", "gpt2/1.5B>760M>120M"
+    override = {"minillm": {"lr": 1e-4}}
+    results.append(run, [_record(entry=a, scale="small", stage="aaaaaaaaaaaa")])  # older stage of a
+    results.append(run, [_record(entry=a, scale="small", stage="bbbbbbbbbbbb")])  # newest default stage of a
+    results.append(run, [_record(entry=b, scale="small", stage="cccccccccccc")])
+    results.append(run, [_record(entry=a, scale="small", stage="dddddddddddd") | {"overrides": override}])
+    results.append(run, [_record(entry="gpt2/1.5B", scale="small", stage="eeeeeeeeeeee")])  # no samples.jsonl
+    results.append(run, [_record(entry=b, scale="tiny", stage="ffffffffffff")])
+    _write_samples(run, "aaaaaaaaaaaa", [_sample(10, 0)])
+    _write_samples(run, "bbbbbbbbbbbb", [_sample(s, e) for s in (10, 20) for e in (0, 1)])
+    _write_samples(run, "cccccccccccc", [_sample(10, 0, nll=0.0, tokens=0), _sample(10, 1, sample_nll=None)])
+    _write_samples(run, "dddddddddddd", [_sample(10, 0)])
+    _write_samples(run, "ffffffffffff", [_sample(10, 0)])
+
+    df = results.read_samples(run, overrides={}, scale="small")
+    assert list(df.columns[: len(results.SAMPLE_FIELDS)]) == list(results.SAMPLE_FIELDS)
+    assert {"scale", "log_ppl_samples", "log_ppl_gold"} <= set(df.columns)
+    assert sorted(set(zip(df["entry"], df["stage"]))) == [(a, "bbbbbbbbbbbb"), (b, "cccccccccccc")]
+    mine = df[df["entry"] == a]
+    assert list(zip(mine["seed"], mine["example"])) == [(10, 0), (10, 1), (20, 0), (20, 1)]
+    assert list(mine["log_ppl_samples"]) == [2.0] * 4 and list(mine["log_ppl_gold"]) == [2.0] * 4
+    assert set(df["scale"]) == {"small"}
+    theirs = df[df["entry"] == b]
+    assert theirs["log_ppl_samples"].isna().all()  # an empty response; no scorer (null)
+    # without overrides every record counts, so the override stage is a's newest; without a scale, per scale
+    everything = results.read_samples(run)
+    assert sorted(set(zip(everything["entry"], everything["stage"], everything["scale"]))) == [
+        (a, "dddddddddddd", "small"),
+        (b, "cccccccccccc", "small"),
+        (b, "ffffffffffff", "tiny"),
+    ]
+    assert set(results.read_samples(run, overrides=override)["stage"]) == {"dddddddddddd"}
+    # a store without its stages (or with evaluations from before samples.jsonl) has none
+    bare = tmp_path / "bare"
+    results.append(bare, [_record(entry=a, scale="small", stage="bbbbbbbbbbbb")])
+    empty = results.read_samples(bare, scale="small")
+    assert empty.empty and "log_ppl_samples" in empty.columns
+    (run / "stages" / "evaluate-gpt2-x-cccccccccccc" / results.SAMPLES_NAME).write_text("{not json\n")
+    with pytest.raises(results.ResultsError, match=r"samples\.jsonl:1: malformed samples line"):
+        results.read_samples(run, scale="small")

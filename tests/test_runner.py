@@ -75,6 +75,15 @@ def test_two_hop_entry_end_to_end(finished_run):
     assert set(df["entry"]) == {ENTRY} and set(df["scale"]) == {"tiny"}
     rouge = df[df.metric == "rouge_l"].iloc[0]
     assert list(rouge["seeds"]) == [10, 20] and len(rouge["values"]) == 2
+    # the per-example samples, written before DONE.json, so its manifest covers them
+    ev = next((finished_run / "stages").glob("evaluate-*"))
+    assert "samples.jsonl" in json.loads((ev / "DONE.json").read_text())["files"]
+    samples = results.read_samples(finished_run, scale="tiny")
+    assert set(samples["entry"]) == {ENTRY} and set(samples["stage"]) == {rouge["stage"]}
+    by_seed = samples.groupby("seed")["rouge_l"].mean()
+    assert list(by_seed.index) == [10, 20] and list(by_seed) == pytest.approx(
+        list(rouge["values"]), rel=1e-12, abs=1e-12
+    )
     # the hop's teacher is the previous hop's selected model, by reference
     hop = json.loads(next((finished_run / "stages").glob("distill-gpt2-1.5B_760M_120M-*/stage.json")).read_text())
     assert hop["inputs"]["teacher"].endswith("/model") and "distill-gpt2-1.5B_760M-" in hop["inputs"]["teacher"]

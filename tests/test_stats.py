@@ -287,3 +287,65 @@ def test_verdict_on_hand_built_differences():
     assert hand(0.5, 0.001).to_dict()["p_value"] == 0.001
     with pytest.raises(ValueError, match="no resamples"):
         hand(0.5, 0.001).interval(0.9)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Relative gains (ratios of means)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_relative_gain_difference_exact_cases_and_hand_values():
+    base = scores(20)
+    new = base + 2.0 + np.random.default_rng(21).normal(0.0, 0.5, size=base.shape)
+    d = stats.relative_gain_difference(new, base, new, base, shared_examples=True, n_resamples=500)
+    assert (d.mean, d.low, d.high, d.p_value) == (0.0, 0.0, 0.0, 1.0)
+    other_base = scores(22, shape=(5, 150))
+    other_new = other_base * 1.02
+    d = stats.relative_gain_difference(new, base, other_new, other_base, shared_examples=False, n_resamples=500)
+    hand = (new.mean() - base.mean()) / base.mean() - (other_new.mean() - other_base.mean()) / other_base.mean()
+    assert d.mean == pytest.approx(hand, rel=1e-12) and d.low < d.mean < d.high
+    assert (d.n_examples, d.n_seeds, d.n_resamples) == (350, 5, 500)
+    # lower is better: the gain is a reduction; log scores: ratios of geometric means (exp of mean log)
+    lower = stats.relative_gain_difference(
+        np.log(base),
+        np.log(new),
+        np.log(other_base),
+        np.log(other_new),
+        shared_examples=False,
+        log_scores=True,
+        higher_is_better=False,
+        n_resamples=500,
+    )
+    gm = lambda x: math.exp(np.log(x).mean())
+    hand = -(gm(base) / gm(new) - 1) + (gm(other_base) / gm(other_new) - 1)
+    assert lower.mean == pytest.approx(hand, rel=1e-9) and lower.direction == 1 and lower.low > 0
+
+
+def test_relative_gain_difference_shared_examples_cancel_what_they_share():
+    # the same examples, shifted by 2 and by 1: gain(a) - gain(b) = 1 / mean(base) in every resample drawn together,
+    # while independent resamples of the two pairs add their variances
+    base = scores(23, shape=(5, 200))
+    shared = stats.relative_gain_difference(base + 2, base, base + 1, base, shared_examples=True, n_resamples=2000)
+    apart = stats.relative_gain_difference(base + 2, base, base + 1, base, shared_examples=False, n_resamples=2000)
+    assert shared.mean == apart.mean == pytest.approx(1 / base.mean(), rel=1e-9)
+    assert 0 < shared.high - shared.low < (apart.high - apart.low) / 2
+    assert shared.low > 0 and stats.verdict([shared], [+1]) == "holds"  # assess_claim takes the result
+    lo, hi = shared.interval(0.5)
+    assert shared.low <= lo <= hi <= shared.high
+
+
+def test_relative_gain_difference_errors_and_chunking(monkeypatch):
+    base = scores(24, shape=(5, 37))
+    with pytest.raises(ValueError, match="same examples"):
+        stats.relative_gain_difference(base, base, base[:, :30], base[:, :30], shared_examples=True)
+    with pytest.raises(ValueError, match="new_a and base_a must hold the same"):
+        stats.relative_gain_difference(base[:, :30], base, base, base, shared_examples=False)
+    zeros = np.zeros_like(base)
+    with pytest.raises(ValueError, match="base_b average to 0"):
+        stats.relative_gain_difference(base, base + 1, base, zeros, shared_examples=False)
+    with pytest.raises(ValueError, match="NaN"):
+        stats.relative_gain_difference(base, np.full_like(base, np.nan), base, base + 1, shared_examples=False)
+    whole = stats.relative_gain_difference(base + 1, base, base * 1.1, base, shared_examples=False, n_resamples=1001)
+    monkeypatch.setattr(stats, "_MAX_CHUNK_CELLS", 37 * 7 + 5)
+    chunked = stats.relative_gain_difference(base + 1, base, base * 1.1, base, shared_examples=False, n_resamples=1001)
+    assert chunked == whole and np.array_equal(chunked.resampled, whole.resampled)
