@@ -4,8 +4,11 @@ ls / show / validate      the registry (16 paper entries, 3 scales)
 data                      prepare Dolly, the PT corpus, or the synthetic small/tiny data
 train                     one stage: SFT or a MiniLLM hop
 evaluate                  ROUGE-L over seeds + perplexity of one model
-plan / run / reproduce    the chain DAG of cached, resumable stages
+plan / run / reproduce    the chain DAG of cached, verified, resumable stages
+status                    every stage of a run directory: done / running / failed / damaged / pending
 notebooks                 regenerate the tables and Figure 2 from a results directory
+suggest                   rank the TA paths from a teacher to a student by published laws (and measurements)
+figure1 / planner-report  the paper's Figure 1 from the registry; the planner's laws against measured chains
 perf                      throughput / memory benchmark
 """
 
@@ -119,7 +122,7 @@ def _verb_modules():
     return [importlib.import_module(f"benchmark.{name}") for name in VERB_MODULES]
 
 
-VERB_MODULES: list[str] = ["data", "train", "evaluate", "runner", "notebooks", "perf"]
+VERB_MODULES: list[str] = ["data", "train", "evaluate", "runner", "notebooks", "perf", "planner"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,9 @@ def test_internal_verbs_are_not_offered(capsys):
         main(["-h"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "{ls,show,validate,data,train,evaluate,plan,run,reproduce,status,notebooks,perf}" in out
+    verbs = "{ls,show,validate,data,train,evaluate,plan,run,reproduce,status,notebooks,perf,"
+    verbs += "suggest,figure1,planner-report}"
+    assert verbs in out
     assert "_stage" not in out and "_guard" not in out
     args = build_parser().parse_args(["_stage", "some/stage/dir"])  # still there for the runner's subprocesses
     assert args.stage_dir == "some/stage/dir"
