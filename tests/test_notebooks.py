@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -77,7 +78,21 @@ ALL_FILES = {f"table{i}.{ext}" for i in range(1, 5) for ext in ("md", "csv", "te
     "figure2.csv",
     "figure2.md",
     "checks.json",
+    "differences_gpt2.png",
+    "differences_gpt2.csv",
+    "differences_opt.png",
+    "differences_opt.csv",
 }
+# checks.json's fields (paper_tables/README.md): the intervals and differences of the tables never change them
+PUBLISHED_FIELDS = {
+    "kind", "artefact", "scale", "entry", "metric", "published", "measured", "std", "n_seeds", "tolerance", "status",
+    "note",
+}  # fmt: skip
+CLAIM_FIELDS = {
+    "kind", "artefact", "scale", "id", "section", "quote", "metric", "relation", "measured", "published", "status",
+    "verdict", "verdict_note", "score", "comparisons", "claimed_signs", "diff", "ci", "ci_level", "p_value",
+    "p_value_raw", "n_examples", "holds_on_published", "note",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +120,7 @@ def test_published_values_pass_every_published_check(paper_run):
     # a store without its stages has no per-example samples: no verdicts, and the tables say why
     assert {r["verdict"] for r in claims} == {"not-comparable"}
     assert "— verdict **not-comparable** (no per-example samples for " in (paper_run / "table1.md").read_text()
+    assert all(set(r) == (PUBLISHED_FIELDS if r["kind"] == "published" else CLAIM_FIELDS) for r in records)
     # executed copies live beside the outputs; the committed notebooks stay clean
     assert {p.name for p in (paper_run / "executed").iterdir()} == {f"{a}.ipynb" for a in registry.ARTEFACTS}
     for name in registry.ARTEFACTS:
@@ -115,14 +131,27 @@ def test_published_values_pass_every_published_check(paper_run):
 
 def test_tables_are_laid_out_like_the_paper(paper_run):
     md = (paper_run / "table1.md").read_text()
-    assert "| Ours | 1.5B | 760M | 340M | 120M | 24.10 ± 0.16 | 24.10 | +0.00 | ✓ |" in md
+    # a store without samples: the checked columns as before, the interval and Δ columns "—", the paper's Δ shown
+    assert (
+        "|  | Teacher | TA 1 | TA 2 | Student | ROUGE-L ↑ | mean [95 % CI] | seed 10 | Δ vs one-step [95 % CI] | "
+        "paper Δ vs one-step | Paper | Δ | Check |"
+    ) in md
+    assert "| Ours | 1.5B | 760M | 340M | 120M | 24.10 ± 0.16 | — | — | — | -0.50 | 24.10 | +0.00 | ✓ |" in md
+    assert "| MiniLLM | 1.5B | - | - | 120M | 24.60 ± 0.16 | — | — |  |  | 24.60 | +0.00 | ✓ |" in md
+    assert "\nsmallest detectable difference in this run: — (no per-example samples" in md
     assert "## Provenance" in md and "- machine: " in md
     import pandas as pd
 
     t3 = pd.read_csv(paper_run / "table3.csv")
     assert list(t3["entry"]) == [e.key for e in registry.select(["table3"])]
     assert {"perplexity_samples", "perplexity_gold", "perplexity_gold_token", "status"} <= set(t3.columns)
-    assert "\\begin{tabular}" in (paper_run / "table4.tex").read_text()
+    assert t3["geomean_ppl"].isna().all() and t3["published_diff"].notna().sum() == 4
+    tex = (paper_run / "table4.tex").read_text()
+    assert "\\begin{tabular}" in tex and "geometric mean [95 \\% CI]" in tex
+    diffs = pd.read_csv(paper_run / "differences_opt.csv")
+    assert len(diffs) == 8 and diffs["diff"].isna().all() and diffs["published_diff"].notna().all()
+    figure2 = pd.read_csv(paper_run / "figure2.csv")
+    assert figure2["geomean_ppl"].isna().all() and figure2["perplexity_samples"].notna().all()
 
 
 def test_one_perturbed_cell_fails_alone_and_flips_its_claims(paper_run, tmp_path):
@@ -149,7 +178,8 @@ def test_one_perturbed_cell_fails_alone_and_flips_its_claims(paper_run, tmp_path
         "gpt2-rouge-gradual-not-excessive": "pass",
         "gpt2-rouge-peaks-with-large-ta": "fail",
     }
-    assert "| Ours | 1.5B | 760M | - | 120M | 24.00 ± 0.16 | 27.20 | -3.20 | ✗ |" in (out / "table1.md").read_text()
+    row = "| Ours | 1.5B | 760M | - | 120M | 24.00 ± 0.16 | — | — | — | +2.60 | 27.20 | -3.20 | ✗ |"
+    assert row in (out / "table1.md").read_text()
 
 
 def test_small_scale_is_never_compared_with_the_paper(small_run):
@@ -163,6 +193,55 @@ def test_small_scale_is_never_compared_with_the_paper(small_run):
     md = (small_run / "table1.md").read_text()
     assert "— verdict **holds** (gpt2/1.5B>760M>340M - gpt2/1.5B>340M: Δ +0.9" in md
     assert "scale `small`" in (small_run / "figure2.md").read_text()
+    assert all(set(r) == (PUBLISHED_FIELDS if r["kind"] == "published" else CLAIM_FIELDS) for r in records)
+
+
+def test_small_tables_show_intervals_differences_and_power(small_run):
+    import pandas as pd
+
+    md = (small_run / "table1.md").read_text()
+    # the fixture's samples sit around the recorded values: 1.5B>760M>120M is 2.60 points above 1.5B>120M
+    row = next(line for line in md.splitlines() if line.startswith("| Ours | 1.5B | 760M | - | 120M |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "27.20 ± 0.16" and cells[9:] == ["+2.60", "27.20", "+0.00", "–"]
+    assert re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", cells[6]) and re.fullmatch(r"\d+\.\d\d", cells[7])
+    assert re.fullmatch(r"\+2\.6\d \[\+2\.\d\d, \+2\.\d\d\]", cells[8])
+    power = re.search(
+        r"\nsmallest detectable difference in this run: ±([\d.]+) ROUGE-L points \(median half-width of the 4 paired "
+        r"95 % intervals, 30 examples × 5 seeds; a single-seed evaluation of the same 30 examples: ±([\d.]+); of 500 "
+        r"prompts: ±([\d.]+)\)",
+        md,
+    )
+    assert power, md
+    this_run, single_seed, at_500 = map(float, power.groups())
+    assert 0 < this_run < single_seed and at_500 < single_seed
+
+    t3 = pd.read_csv(small_run / "table3.csv")
+    measured = ["geomean_ppl", "ci_low", "ci_high", "seed10", "corpus_ppl", "n_examples"]
+    assert t3[measured].notna().all().all() and (t3["ci_low"] <= t3["geomean_ppl"]).all()
+    assert (t3["geomean_ppl"] <= t3["ci_high"]).all() and (t3["n_examples"] == 30).all()
+    multi = t3[t3["baseline"].notna()]
+    assert list(multi["entry"]) == [k for k in t3["entry"] if registry.get(k).hops >= 2]
+    assert ((multi["diff_low"] <= multi["diff"]) & (multi["diff"] <= multi["diff_high"])).all()
+    md3 = (small_run / "table3.md").read_text()
+    assert "| perplexity_samples ↓ | geometric mean [95 % CI] | seed 10 | corpus (token-level) |" in md3
+    assert "| Δ log-PPL vs one-step [95 % CI] | paper Δ log-PPL |" in md3
+    assert "smallest detectable difference in this run: ±" in md3 and "nats of log-perplexity, ≈ ±" in md3
+
+    for family, table in (("gpt2", "table1"), ("opt", "table2")):
+        diffs = pd.read_csv(small_run / f"differences_{family}.csv")
+        keys = [k for k in (e.key for e in registry.select([table])) if registry.get(k).hops >= 2]
+        assert list(diffs["entry"]) == keys * 2 and list(diffs["metric"]) == ["rouge_l"] * 4 + ["perplexity"] * 4
+        assert diffs[["diff", "low", "high", "half_width", "single_seed_half_width"]].notna().all().all()
+        assert (diffs["single_seed_half_width"] > diffs["half_width"]).all()
+        # the fixture's differences are the published ones (plus a little noise)
+        assert np.allclose(diffs["diff"], diffs["published_diff"], atol=0.01)
+        assert (small_run / f"differences_{family}.png").stat().st_size > 10_000
+
+    figure2 = pd.read_csv(small_run / "figure2.csv")
+    assert (figure2[["geomean_low", "corpus_min", "perplexity_samples"]] > 0).all().all()
+    assert (figure2["geomean_low"] <= figure2["geomean_ppl"]).all()
+    assert "Log-scale perplexity axis" in (small_run / "figure2.md").read_text()
 
 
 def test_failures_name_the_notebook_and_cell(tmp_path):
