@@ -42,9 +42,6 @@ def run_notebooks(
     the scale's own configs); the results path is given to the notebooks relative to the repository, so committed
     provenance lines hold no path of the machine that ran them.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     registry.scale(scale)  # an unknown scale fails here with a suggestion, not inside a kernel
     unknown = [a for a in artefacts if a not in registry.ARTEFACTS]
     if unknown:
@@ -65,25 +62,32 @@ def run_notebooks(
         "std_multiplier": tolerances.std_multiplier,
     }
     for name in artefacts:
-        target = executed / f"{name}.ipynb"
-        try:
-            # cwd=REPO: the kernel imports `benchmark` from this checkout even when it is not installed.
-            papermill.execute_notebook(
-                NOTEBOOKS / f"{name}.ipynb",
-                target,
-                parameters=params,
-                kernel_name="python3",
-                progress_bar=False,
-                log_output=False,
-                cwd=str(REPO),
-                config=_kernel_config(),
-            )
-        except PapermillExecutionError as exc:
-            raise NotebookError(
-                f"notebooks/{name}.ipynb failed in cell {exc.cell_index} (execution count "
-                f"{exc.exec_count}): {exc.ename}: {exc.evalue}; executed copy: {target}"
-            ) from exc
+        execute(name, executed / f"{name}.ipynb", params)
     return out
+
+
+def execute(name: str, target: Path, parameters: dict) -> None:
+    """Run notebooks/NAME.ipynb with papermill into `target`; a failing cell becomes a NotebookError naming it."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        # cwd=REPO: the kernel imports `benchmark` from this checkout even when it is not installed.
+        papermill.execute_notebook(
+            NOTEBOOKS / f"{name}.ipynb",
+            target,
+            parameters=parameters,
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            cwd=str(REPO),
+            config=_kernel_config(),
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookError(
+            f"notebooks/{name}.ipynb failed in cell {exc.cell_index} (execution count "
+            f"{exc.exec_count}): {exc.ename}: {exc.evalue}; executed copy: {target}"
+        ) from exc
 
 
 def _kernel_config():

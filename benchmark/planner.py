@@ -917,33 +917,14 @@ def run_report(results_dir: str | Path | None, scale: str, out_dir: str | Path |
     law's ranking next to the paper's and (if `results_dir` holds a store) the measured ranking at `scale`, with
     Kendall's tau; writes `<out_dir>/planner.md` (default paper_tables/<scale>/) and the executed copy to
     `<out_dir>/executed/`."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from benchmark.notebooks import _kernel_config
+    from benchmark.notebooks import execute
 
     registry.scale(scale)
     out = Path(out_dir).resolve() if out_dir else REPO / "paper_tables" / scale
     executed = out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     rel = "" if results_dir is None else os.path.relpath(Path(results_dir).resolve(), REPO)  # "": no store
-    target = executed / "planner.ipynb"
-    try:
-        papermill.execute_notebook(
-            NOTEBOOK,
-            target,
-            parameters={"results_dir": rel, "scale": scale, "out_dir": str(out)},
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=False,
-            cwd=str(REPO),
-            config=_kernel_config(),
-        )
-    except PapermillExecutionError as exc:
-        raise PlannerError(
-            f"notebooks/planner.ipynb failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}; "
-            f"executed copy: {target}"
-        ) from exc
+    execute("planner", executed / "planner.ipynb", {"results_dir": rel, "scale": scale, "out_dir": str(out)})
     return out / "planner.md"
 
 

@@ -314,22 +314,15 @@ def read(path_or_dir, *, overrides=None, scale: str | None = None):
     if not path.exists():
         raise ResultsError(f"no results file at {path}")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ResultsError(f"{path}:{lineno}: malformed results line ({exc.msg})") from None
-            if not isinstance(rec, dict) or "metric" not in rec or "schema" not in rec:
-                raise ResultsError(f"{path}:{lineno}: not a results record (needs at least 'schema' and 'metric')")
-            if rec["schema"] != SCHEMA_VERSION:
-                raise ResultsError(f"{path}:{lineno}: schema {rec['schema']!r}, this reader knows {SCHEMA_VERSION}")
-            model = rec.pop("model", None) or {}
-            rec.update({f"model.{k}": model.get(k) for k in ("path", "hub_id", "sha256")})
-            rec["overrides"] = overrides_key(rec.get("overrides"))
-            rows.append(rec)
+    for lineno, rec in _jsonl(path, "results"):
+        if not isinstance(rec, dict) or "metric" not in rec or "schema" not in rec:
+            raise ResultsError(f"{path}:{lineno}: not a results record (needs at least 'schema' and 'metric')")
+        if rec["schema"] != SCHEMA_VERSION:
+            raise ResultsError(f"{path}:{lineno}: schema {rec['schema']!r}, this reader knows {SCHEMA_VERSION}")
+        model = rec.pop("model", None) or {}
+        rec.update({f"model.{k}": model.get(k) for k in ("path", "hub_id", "sha256")})
+        rec["overrides"] = overrides_key(rec.get("overrides"))
+        rows.append(rec)
     if overrides is not None:
         wanted = _expected_overrides(overrides, scale)
         rows = [r for r in rows if r["overrides"] == wanted.get(r.get("entry"), overrides_key(overrides))]
@@ -371,17 +364,16 @@ def _log_ppl(nll, tokens):
         return np.where(tokens > 0, nll / tokens, np.nan)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def _jsonl(path: Path, what: str):
+    """(line number, parsed object) of every non-blank line; a malformed line raises ResultsError naming both."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ResultsError(f"{path}:{lineno}: malformed samples line ({exc.msg})") from None
-    return rows
+                raise ResultsError(f"{path}:{lineno}: malformed {what} line ({exc.msg})") from None
 
 
 def read_samples(path_or_dir, *, overrides=None, scale: str | None = None):
@@ -413,7 +405,7 @@ def read_samples(path_or_dir, *, overrides=None, scale: str | None = None):
         if not isinstance(rec.stage, str) or not rec.stage:
             continue
         found = sorted((run_dir / "stages").glob(f"*-{rec.stage}/{SAMPLES_NAME}"))
-        rows = _read_jsonl(found[0]) if found else []
+        rows = [rec for _, rec in _jsonl(found[0], "samples")] if found else []
         if rows:
             frame = pd.DataFrame(rows)
             frame["entry"], frame["stage"], frame["scale"] = rec.entry, rec.stage, rec.scale

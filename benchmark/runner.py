@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark import BenchmarkError, registry, results
+from benchmark.data import sha256_file
 from benchmark.plan import DONE_FILE, Plan, Stage, build_plan, describe, stage_status, write_stage_spec
 from benchmark.plan import __doc__ as plan_doc
 
@@ -132,16 +132,8 @@ def output_files(stage_dir: Path) -> dict[str, dict]:
         if rel.parts[0] in _NOT_OUTPUTS or rel.parts[0] == "checkpoints" or any(p.startswith(".") for p in rel.parts):
             continue
         if path.is_file():
-            out[rel.as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+            out[rel.as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_stage(stage_dir: Path) -> list[str]:
@@ -166,7 +158,7 @@ def verify_stage(stage_dir: Path) -> list[str]:
             problems.append(f"{rel} is missing")
         elif f.stat().st_size != want["size"]:
             problems.append(f"{rel} has {f.stat().st_size} bytes, {want['size']} when the stage finished")
-        elif file_sha256(f) != want["sha256"]:
+        elif sha256_file(f) != want["sha256"]:
             problems.append(f"{rel} differs from what the stage wrote (sha256 mismatch)")
     return problems
 

@@ -298,10 +298,10 @@ MANIFEST = "MANIFEST.json"
 
 def _manifest(root: Path) -> dict[str, dict]:
     """{relative path: {"size", "sha256"}} of every file under `root` but the manifest itself."""
-    from benchmark.runner import file_sha256
+    from benchmark.data import sha256_file
 
     return {
-        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -309,7 +309,7 @@ def _manifest(root: Path) -> dict[str, dict]:
 
 def _damage(root: Path, files: dict[str, dict]) -> str | None:
     """The first way `root` differs from its manifest `files`, or None when every file is intact."""
-    from benchmark.runner import file_sha256
+    from benchmark.data import sha256_file
 
     for rel, want in files.items():
         f = root / rel
@@ -317,7 +317,7 @@ def _damage(root: Path, files: dict[str, dict]) -> str | None:
             return f"{rel} is missing"
         if f.stat().st_size != want["size"]:
             return f"{rel} has {f.stat().st_size} bytes, {want['size']} when written"
-        if file_sha256(f) != want["sha256"]:
+        if sha256_file(f) != want["sha256"]:
             return f"{rel} differs from what was written (sha256)"
     return None
 
