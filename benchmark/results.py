@@ -42,6 +42,7 @@ selects.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -222,8 +223,20 @@ def _resolve(path_or_dir) -> Path:
     return p / DEFAULT_NAME if p.is_dir() or p.suffix == "" else p
 
 
+@contextlib.contextmanager
+def store_lock(path: Path):
+    """An exclusive lock shared by every writer of the store at `path` (a sidecar `.NAME.lock`, not the store itself:
+    the runner replaces the store's file when it merges, and a lock on a replaced file would guard nothing)."""
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def append(path, records: list[dict]) -> Path:
-    """Append records, one JSON line each, under an exclusive flock on the file; flushed and fsynced.
+    """Append records, one JSON line each, under the store's lock (`store_lock`); flushed and fsynced.
 
     `path` is the JSONL file or a run directory (-> `<dir>/results.jsonl`, created if needed). Returns the file.
     """
@@ -231,14 +244,10 @@ def append(path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # NaN (a perplexity with nothing to score) is written as JSON null so every line stays strict JSON.
     lines = "".join(json.dumps(_nan_to_none(r), allow_nan=False) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with store_lock(path), open(path, "a", encoding="utf-8") as fh:
+        fh.write(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 

@@ -129,7 +129,8 @@ def output_files(stage_dir: Path) -> dict[str, dict]:
     out = {}
     for path in sorted(stage_dir.rglob("*")):
         rel = path.relative_to(stage_dir)
-        if rel.parts[0] in _NOT_OUTPUTS or rel.parts[0] == "checkpoints" or any(p.startswith(".") for p in rel.parts):
+        top = rel.parts[0]  # checkpoints/ and checkpoints.damaged-*/ are resumable state, not outputs
+        if top in _NOT_OUTPUTS or top.startswith("checkpoints") or any(p.startswith(".") for p in rel.parts):
             continue
         if path.is_file():
             out[rel.as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
@@ -246,21 +247,22 @@ def merge_results(plan: Plan, run_dir: Path) -> Path:
         if (d / DONE_FILE).exists() and (d / "records.jsonl").exists():
             finished[s.id] = [ln for ln in (d / "records.jsonl").read_text().splitlines() if ln.strip()]
     store = run_dir / "results.jsonl"
-    kept = []
-    if store.exists():
-        for ln in store.read_text(errors="replace").splitlines():
-            if not ln.strip():
-                continue
-            try:
-                stage = json.loads(ln).get("stage")
-            except (ValueError, AttributeError):
-                stage = None  # not ours to judge: kept verbatim (results.read names the line)
-            if stage not in finished:
-                kept.append(ln)
-    lines = kept + [ln for recs in finished.values() for ln in recs]
-    tmp = store.with_name(".results.jsonl.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines))
-    os.replace(tmp, store)
+    with results.store_lock(store):  # `evaluate --results RUN` may append meanwhile
+        kept = []
+        if store.exists():
+            for ln in store.read_text(errors="replace").splitlines():
+                if not ln.strip():
+                    continue
+                try:
+                    stage = json.loads(ln).get("stage")
+                except (ValueError, AttributeError):
+                    stage = None  # not ours to judge: kept verbatim (results.read names the line)
+                if stage not in finished:
+                    kept.append(ln)
+        lines = kept + [ln for recs in finished.values() for ln in recs]
+        tmp = store.with_name(".results.jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in lines))
+        os.replace(tmp, store)
     return store
 
 
@@ -280,12 +282,36 @@ def _reusable(plan: Plan, run_dir: Path, status: dict[str, str], redo: set[str],
             where = move_aside(run_dir, stage, "damaged")
             tqdm.write(f"damaged {stage.dirname}: {'; '.join(problems)}; moved to {where} and run again")
             status[sid] = "run"
+    if redo:
+        _move_stale_dependents(run_dir, redo)
     for sid in redo - set(done):  # interrupted or failed stages asked to start over
         d = run_dir / "stages" / plan.stages[sid].dirname
         if d.exists() and status[sid] != "sourced":
             where = move_aside(run_dir, plan.stages[sid], "redo")
             tqdm.write(f"redo {plan.stages[sid].dirname}: moved to {where}")
             status[sid] = "run"
+
+
+def _move_stale_dependents(run_dir: Path, redone: set[str]) -> None:
+    """Stage directories of this run outside the plan (other tables' stages) built on a redone stage: their ids do
+    not change, so a later run would reuse them though their inputs are new. Moved to the attic too, transitively."""
+    specs = {}
+    for f in (run_dir / "stages").glob("*/stage.json"):
+        with contextlib.suppress(OSError, ValueError):
+            specs[f.parent] = json.loads(f.read_text())
+    stale, changed = set(redone), True
+    while changed:
+        changed = False
+        for d, spec in list(specs.items()):
+            if spec.get("id") not in stale and stale & set((spec.get("input_ids") or {}).values()):
+                stale.add(spec["id"])
+                dst = run_dir / "attic" / f"{d.name}.redo-{time.strftime('%Y%m%d-%H%M%S')}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if d.exists() and not dst.exists():
+                    os.replace(d, dst)
+                    tqdm.write(f"redo {d.name} (built on a redone stage): moved to {dst}")
+                del specs[d]
+                changed = True
 
 
 def resolve_redo(plan: Plan, names: list[str]) -> set[str]:
@@ -925,15 +951,17 @@ PARENT_VAR = "MSKD_RUNNER_PID"
 def die_with_parent() -> None:
     """Ask the kernel to send SIGTERM to this process when its parent dies (Linux), and exit now if the parent that
     started it is already gone: a killed runner leaves no stage running behind it."""
+    expected = os.environ.get(PARENT_VAR)
+    launched = "LOCAL_RANK" in os.environ  # a rank under a launcher: its parent is the launcher, not the runner
+    if not expected and not launched:
+        return  # started by hand (nohup, a job script): its lifetime is the caller's business
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    expected = os.environ.get(PARENT_VAR)
-    launched = "LOCAL_RANK" in os.environ  # a rank under a launcher: its parent is the launcher, not the runner
-    if (expected and not launched and os.getppid() != int(expected)) or os.getppid() == 1:
-        sys.exit(f"the process that started this stage ({expected or 'parent'}) is gone; not starting")
+    if expected and not launched and os.getppid() != int(expected):
+        sys.exit(f"the run (pid {expected}) that started this stage is gone; not starting")
 
 
 def cmd_stage(args) -> int:
@@ -942,26 +970,39 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def cmd_guard(args) -> int:
     """Run a command (a launcher) in its own process group; when this guard is told to stop, or its parent dies,
-    stop the whole group: `python -m benchmark _guard deepspeed ...`."""
-    die_with_parent()
-    os.environ.pop(PARENT_VAR, None)  # the launched ranks' parent is the launcher, not the runner
-    proc = subprocess.Popen(args.command, start_new_session=True)
+    stop the whole group (SIGTERM, SIGKILL 30 s later): `python -m benchmark _guard deepspeed ...`. The guard ends
+    as its command did: with its exit code, or killed by the same signal (so the runner's report can say so)."""
+    import threading
+
+    proc = None
 
     def stop(signum, _frame):
+        if proc is None:  # the command has not started: nothing to stop
+            sys.exit(128 + signum)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        sys.exit(128 + signum)
+        timer = threading.Timer(30, _kill_group, (proc.pid,))
+        timer.daemon = True
+        timer.start()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stop)
-    return proc.wait()
+    die_with_parent()
+    os.environ.pop(PARENT_VAR, None)  # the launched ranks' parent is the launcher, not the runner
+    proc = subprocess.Popen(args.command, start_new_session=True)
+    code = proc.wait()
+    if code < 0:  # killed by a signal: die of the same one
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL/SIGSTOP have no handler to reset
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
 
 
 def _positive_int(text: str) -> int:

@@ -303,7 +303,7 @@ def _manifest(root: Path) -> dict[str, dict]:
     return {
         p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name not in (MANIFEST, SELECTION)
     }
 
 
@@ -332,7 +332,7 @@ def load_checkpoint(engine, out: Path, dist: Dist) -> dict | None:
     RNG restored into `engine`), or None for a fresh start.
 
     A checkpoint is usable when every file matches its manifest and the selected model OUT/model agrees with its
-    state (OUT/model.json says which step model/ was selected at): a newer intact model/ (selected after that
+    state (OUT/model/selection.json says which step it was selected at): a newer intact model/ (selected after that
     checkpoint) is kept as the best so far; a damaged or older one cannot be rebuilt from that checkpoint. Unusable
     checkpoints are skipped with a warning for the one before them and moved to OUT/checkpoints.damaged-*, never
     deleted; with none left the stage starts over. The engine is touched only by the checkpoint finally loaded."""
@@ -343,10 +343,13 @@ def load_checkpoint(engine, out: Path, dist: Dist) -> dict | None:
     for path in candidates:
         problem, state = None, None
         if (path / MANIFEST).exists():
-            problem = _damage(path, json.loads((path / MANIFEST).read_text()))
-            if not problem:
-                state = json.loads((path / "trainer.json").read_text())
-                problem = _selected_model_problem(out, state)
+            try:
+                problem = _damage(path, json.loads((path / MANIFEST).read_text()))
+                if not problem:
+                    state = json.loads((path / "trainer.json").read_text())
+                    problem = _selected_model_problem(out, state)
+            except ValueError as exc:  # an unreadable manifest or state: as damaged as a truncated file
+                problem = f"unreadable JSON ({exc})"
         if problem:
             _warn(dist, f"checkpoint {path} cannot be resumed: {problem}")
             bad.append(path)
@@ -380,14 +383,19 @@ def load_checkpoint(engine, out: Path, dist: Dist) -> dict | None:
     return trainer
 
 
+SELECTION = "selection.json"  # inside OUT/model: the step it was selected at and the manifest of its files
+
+
 def _selected_model_problem(out: Path, state: dict) -> str | None:
     """Why OUT/model cannot go with the checkpoint `state` (None when it can; adopts a newer selected model)."""
     best = state.get("best")
     if best is None:
         return None  # nothing selected yet: a later selection writes model/
-    record = out / "model.json"
+    record = out / "model" / SELECTION
     if not record.exists():
-        return f"the selected model {out / 'model'} has no record ({record.name})"
+        if (out / "model").is_dir():
+            return None  # selected before records existed: trusted as it is
+        return f"the selected model {out / 'model'} is missing"
     meta = json.loads(record.read_text())
     problem = _damage(out / "model", meta["files"])
     if problem:
@@ -407,18 +415,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def save_model(engine, tokenizer, out: Path, dist: Dist, zero_stage: int, best: dict) -> None:
     """The selected model in Hugging Face format (atomically replaced), with the tokenizer beside it, and
-    OUT/model.json: the selection record `best` and the manifest of model/'s files (checked on resume)."""
+    OUT/model/selection.json: the selection record `best` and the manifest of model/'s files (checked on resume)."""
     state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
     if dist.is_main:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         engine.module.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
-        record = {"best": best, "files": _manifest(tmp)}
+        # the record travels inside the directory, so model/ and its record are replaced in one rename
+        _write_atomic(tmp / SELECTION, json.dumps({"best": best, "files": _manifest(tmp)}, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-        _write_atomic(out.with_name(f"{out.name}.json"), json.dumps(record, indent=2))
     torch.distributed.barrier()
 
 

@@ -1,9 +1,9 @@
 """Resumable checkpoints that are verified before they are loaded (tiny SFT stage, CPU, one process).
 
 A stage keeps its newest two checkpoints, each with a manifest (size, sha256 of every file); the selected model
-OUT/model has its own record (OUT/model.json). A damaged newest checkpoint falls back to the one before; a damaged
-selected model cannot be rebuilt from any checkpoint, so the stage starts over. Either way the stage ends with the
-weights of an uninterrupted run, and metrics.jsonl / the TensorBoard events hold every step exactly once.
+OUT/model has its own record (OUT/model/selection.json). A damaged newest checkpoint falls back to the one before; a
+damaged selected model cannot be rebuilt from any checkpoint, so the stage starts over. Either way the stage ends with
+the weights of an uninterrupted run, and metrics.jsonl / the TensorBoard events hold every step exactly once.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_the_newest_two_checkpoints_are_kept_with_manifests(finished):
     for name in ckpts:
         manifest = json.loads((finished / "straight" / "checkpoints" / name / "MANIFEST.json").read_text())
         assert "state/mp_rank_00_model_states.pt" in manifest and "trainer.json" in manifest
-    record = json.loads((finished / "straight" / "model.json").read_text())
+    record = json.loads((finished / "straight" / "model" / "selection.json").read_text())
     summary = json.loads((finished / "straight" / "summary.json").read_text())
     assert record["best"] == summary["best"] and "model.safetensors" in record["files"]
 

@@ -281,8 +281,9 @@ def test_the_guard_stops_its_launcher_when_its_parent_dies(tmp_path):
     pid_file = tmp_path / "pid"
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     parent = (
-        "import subprocess, sys, time; "
-        f"subprocess.Popen([sys.executable, '-m', 'benchmark', '_guard', sys.executable, '-c', {child!r}]); "
+        "import os, subprocess, sys, time; "  # started as the runner starts it: with the runner's pid
+        "env = dict(os.environ, MSKD_RUNNER_PID=str(os.getpid())); "
+        f"subprocess.Popen([sys.executable, '-m', 'benchmark', '_guard', sys.executable, '-c', {child!r}], env=env); "
         "time.sleep(120)"
     )
     proc = subprocess.Popen([sys.executable, "-c", parent], env=ENV)
@@ -486,3 +487,46 @@ def test_a_full_disk_or_unwritable_directory_is_a_sentence(tmp_path, monkeypatch
     monkeypatch.setattr(Path, "open", denied)
     with pytest.raises(RunError, match="choose a writable --out directory"):
         run_plan(plan, tmp_path / "ro", progress=False)
+
+
+def test_resumable_state_is_no_output_and_redo_reaches_stages_of_other_plans(tmp_path):
+    """checkpoints.damaged-* (moved aside by a resume) is resumable state, not an output a later run would verify;
+    --redo also moves aside finished stages of other tables built on the redone stage (their ids do not change)."""
+    from benchmark.runner import _move_stale_dependents, output_files
+
+    d = tmp_path / "stage"
+    for rel in ("model/model.safetensors", "checkpoints/step-000008/x", "checkpoints.damaged-1/step-000004/x"):
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_text("w")
+    assert list(output_files(d)) == ["model/model.safetensors"]
+
+    stages = tmp_path / "run" / "stages"
+    for name, sid, inputs in (("hop-a", "a", {}), ("hop-b", "b", {"teacher": "a"}), ("eval-b", "c", {"model": "b"})):
+        (stages / name).mkdir(parents=True)
+        (stages / name / "stage.json").write_text(json.dumps({"id": sid, "input_ids": inputs}))
+    _move_stale_dependents(tmp_path / "run", {"a"})
+    assert sorted(p.name for p in stages.iterdir()) == ["hop-a"]  # hop-a itself is the plan's to move
+    assert sorted(p.name.split(".")[0] for p in (tmp_path / "run" / "attic").iterdir()) == ["eval-b", "hop-b"]
+
+
+def test_a_stage_started_by_hand_is_not_tied_to_its_shell(monkeypatch):
+    from benchmark.runner import PARENT_VAR, die_with_parent
+
+    monkeypatch.delenv(PARENT_VAR, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    die_with_parent()  # returns: no parent-death signal, no exit, whoever the parent is
+    monkeypatch.setenv(PARENT_VAR, str(os.getpid() + 10_000_000))  # a runner that is not our parent
+    with pytest.raises(SystemExit, match="is gone; not starting"):
+        die_with_parent()
+
+
+def test_the_guard_ends_as_its_command_did(tmp_path):
+    ok = subprocess.run(
+        [sys.executable, "-m", "benchmark", "_guard", sys.executable, "-c", "raise SystemExit(3)"], env=ENV
+    )
+    assert ok.returncode == 3
+    killed = subprocess.run(
+        [sys.executable, "-m", "benchmark", "_guard", sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"],
+        env=ENV,
+    )
+    assert killed.returncode == -9  # the runner's report can then say "killed by SIGKILL"
