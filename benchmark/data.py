@@ -97,6 +97,31 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_manifest(root: Path, skip=lambda rel: False) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file under `root` whose relative path `skip` does not reject:
+    what a finished stage (DONE.json), a checkpoint (MANIFEST.json) and a selected model record of their files."""
+    return {
+        rel.as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not skip(rel := p.relative_to(root))
+    }
+
+
+def manifest_problems(root: Path, files: dict[str, dict]) -> list[str]:
+    """How the files under `root` differ from their manifest `files` (missing, resized, altered); [] when intact.
+    Sizes are compared first, so a truncated file is reported without hashing it."""
+    problems = []
+    for rel, want in files.items():
+        f = root / rel
+        if not f.is_file():
+            problems.append(f"{rel} is missing")
+        elif f.stat().st_size != want["size"]:
+            problems.append(f"{rel} has {f.stat().st_size} bytes, {want['size']} when written")
+        elif sha256_file(f) != want["sha256"]:
+            problems.append(f"{rel} differs from what was written (sha256)")
+    return problems
+
+
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of a UTF-8 file, decoded line by line so that a bad byte is reported with its line."""
     with open(path, "rb") as f:

@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark import BenchmarkError, registry, results
-from benchmark.data import sha256_file
+from benchmark.data import file_manifest, manifest_problems
 from benchmark.plan import DONE_FILE, Plan, Stage, build_plan, describe, stage_status, write_stage_spec
 from benchmark.plan import __doc__ as plan_doc
 
@@ -126,15 +126,12 @@ _NOT_OUTPUTS = {DONE_FILE, FAILED_FILE, "stage.json", "log.txt", "tensorboard"}
 
 def output_files(stage_dir: Path) -> dict[str, dict]:
     """{relative path: {"size", "sha256"}} of a stage's outputs (model/, data/, summary.json, records.jsonl, ...)."""
-    out = {}
-    for path in sorted(stage_dir.rglob("*")):
-        rel = path.relative_to(stage_dir)
-        top = rel.parts[0]  # checkpoints/ and checkpoints.damaged-*/ are resumable state, not outputs
-        if top in _NOT_OUTPUTS or top.startswith("checkpoints") or any(p.startswith(".") for p in rel.parts):
-            continue
-        if path.is_file():
-            out[rel.as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    return out
+    return file_manifest(stage_dir, skip=_not_output)
+
+
+def _not_output(rel: Path) -> bool:
+    top = rel.parts[0]  # checkpoints/ and checkpoints.damaged-*/ are resumable state, not outputs
+    return top in _NOT_OUTPUTS or top.startswith("checkpoints") or any(p.startswith(".") for p in rel.parts)
 
 
 def verify_stage(stage_dir: Path) -> list[str]:
@@ -152,16 +149,7 @@ def verify_stage(stage_dir: Path) -> list[str]:
         done["files"] = output_files(stage_dir)
         _write_json_atomic(done_path, done)
         return []
-    problems = []
-    for rel, want in done["files"].items():
-        f = stage_dir / rel
-        if not f.is_file():
-            problems.append(f"{rel} is missing")
-        elif f.stat().st_size != want["size"]:
-            problems.append(f"{rel} has {f.stat().st_size} bytes, {want['size']} when the stage finished")
-        elif sha256_file(f) != want["sha256"]:
-            problems.append(f"{rel} differs from what the stage wrote (sha256 mismatch)")
-    return problems
+    return manifest_problems(stage_dir, done["files"])
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -658,16 +646,12 @@ def _execute(stage_dir: Path) -> None:
 
 
 def _config(cls, values: dict):
-    import dataclasses
-
+    """A stage config from its stage.json values (the config classes turn JSON lists back into tuples)."""
     from benchmark.config import GenerationSettings
 
     kw = dict(values)
-    for f in dataclasses.fields(cls):
-        if f.name == "generation" and isinstance(kw.get(f.name), dict):
-            kw[f.name] = GenerationSettings(**kw[f.name])
-        elif isinstance(kw.get(f.name), list):
-            kw[f.name] = tuple(kw[f.name])
+    if isinstance(kw.get("generation"), dict):
+        kw["generation"] = GenerationSettings(**kw["generation"])
     return cls(**kw)
 
 

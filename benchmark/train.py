@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from benchmark import BenchmarkError, losses, registry
 from benchmark.config import MiniLLMConfig, SFTConfig, deepspeed_config, for_scale, to_dict
+from benchmark.data import file_manifest, manifest_problems
 
 
 class TrainError(BenchmarkError):
@@ -297,29 +298,13 @@ MANIFEST = "MANIFEST.json"
 
 
 def _manifest(root: Path) -> dict[str, dict]:
-    """{relative path: {"size", "sha256"}} of every file under `root` but the manifest itself."""
-    from benchmark.data import sha256_file
-
-    return {
-        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in (MANIFEST, SELECTION)
-    }
+    """The manifest of a checkpoint or a selected model: every file under `root` but the records themselves."""
+    return file_manifest(root, skip=lambda rel: rel.name in (MANIFEST, SELECTION))
 
 
 def _damage(root: Path, files: dict[str, dict]) -> str | None:
-    """The first way `root` differs from its manifest `files`, or None when every file is intact."""
-    from benchmark.data import sha256_file
-
-    for rel, want in files.items():
-        f = root / rel
-        if not f.is_file():
-            return f"{rel} is missing"
-        if f.stat().st_size != want["size"]:
-            return f"{rel} has {f.stat().st_size} bytes, {want['size']} when written"
-        if sha256_file(f) != want["sha256"]:
-            return f"{rel} differs from what was written (sha256)"
-    return None
+    """How `root` differs from its manifest `files`, or None when every file is intact."""
+    return "; ".join(manifest_problems(root, files)) or None
 
 
 def _warn(dist: Dist, msg: str) -> None:
