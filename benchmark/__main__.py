@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from benchmark import BenchmarkError, registry
+from benchmark import BenchmarkError, registry, scales
 
 
 def _published_str(x: float | None) -> str:
@@ -56,7 +56,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     e = registry.get(args.key)
-    sc = registry.scale(args.scale)
+    sc = scales.scale(args.scale)
     print(
         f"{e.key}  ({e.label}; Tables {', '.join(map(str, e.tables))}"
         + (f"; Figure {', '.join(map(str, e.figures))})" if e.figures else ")")
@@ -74,7 +74,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     n = 0
-    for sc in registry.SCALES.values():
+    for sc in scales.SCALES.values():
         for e in registry.ENTRIES.values():
             registry.parse_key(e.key)
             for size in e.path:
@@ -82,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 if not spec.from_hub:
                     spec.model_config(vocab_size=100, n_positions=64, tokenizer_ids={"bos": 0, "eos": 0, "pad": 0})
             n += 1
-    print(f"ok: {len(registry.ENTRIES)} entries x {len(registry.SCALES)} scales = {n} resolved")
+    print(f"ok: {len(registry.ENTRIES)} entries x {len(scales.SCALES)} scales = {n} resolved")
     return 0
 
 
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="one entry resolved at a scale")
     s.add_argument("key", help="an entry key, e.g. gpt2/1.5B>760M>120M (python -m benchmark ls lists them)")
     s.add_argument(
-        "--scale", default="paper", choices=list(registry.SCALES), help="resolve at this scale (default paper)"
+        "--scale", default="paper", choices=list(scales.SCALES), help="resolve at this scale (default paper)"
     )
     s.set_defaults(func=cmd_show)
 

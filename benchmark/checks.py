@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import registry, stats
+from benchmark.results import METRICS
 
 STATUSES = ("pass", "fail", "not-comparable")
 ALPHA = 0.05  # family-wise level of a claim's verdict (Holm over its comparisons)
@@ -67,7 +68,12 @@ N_RESAMPLES = 10000  # bootstrap resamples per comparison
 # authors' code scores the student's sampled responses with an external model (published-verification.md §4.2,
 # "Quantity B"), which is `perplexity_samples`. The gold-response perplexities are reported beside it, unchecked.
 MEASURED_METRIC = {"rouge_l": "rouge_l", "perplexity": "perplexity_samples"}
-HIGHER_IS_BETTER = {"rouge_l": True, "perplexity": False}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of a paper metric (`rouge_l` or `perplexity`) is better: `results.METRICS` of the
+    results-store metric it is measured by."""
+    return METRICS[MEASURED_METRIC[metric]]["higher_is_better"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -300,7 +306,7 @@ class Claim:
     also: tuple[str, ...] = field(default=())  # the same finding restated elsewhere in the paper
 
     def __post_init__(self):
-        if self.artefact not in registry.ARTEFACTS or self.metric not in HIGHER_IS_BETTER:
+        if self.artefact not in registry.ARTEFACTS or self.metric not in MEASURED_METRIC:
             raise ValueError(f"claim {self.id}: bad artefact {self.artefact!r} or metric {self.metric!r}")
         unknown = [k for k in self.entries if k not in registry.ENTRIES]
         if unknown:
@@ -318,7 +324,7 @@ class Claim:
         bases = [b for r in self.relations if isinstance(r, RelativeGainBelow) for b in (r.big[1], r.small[1])]
         if any(values[b] == 0 for b in bases):
             return "not-comparable"
-        higher = HIGHER_IS_BETTER[self.metric]
+        higher = higher_is_better(self.metric)
         return "pass" if all(r.holds(values, higher) for r in self.relations) else "fail"
 
 
@@ -601,8 +607,8 @@ def claim_checks(
     """Every claim of `artefact` (all claims for None) at `scale`: `status` on the measured means, and with
     `samples` (`results.read_samples` of the same store) a `verdict` from paired bootstrap comparisons on the
     per-example samples (module docstring); without them every verdict is `not-comparable`."""
-    by_metric = {m: means(df, m, scale) for m in HIGHER_IS_BETTER}
-    scores = {m: sample_scores(samples, df, m, scale) for m in HIGHER_IS_BETTER}
+    by_metric = {m: means(df, m, scale) for m in MEASURED_METRIC}
+    scores = {m: sample_scores(samples, df, m, scale) for m in MEASURED_METRIC}
     return [
         _claim_record(c, by_metric[c.metric], scale, _verdict(c, scores[c.metric], samples, alpha, n_resamples))
         for c in claims(artefact)
@@ -683,7 +689,7 @@ def _same_examples(samples: pd.DataFrame, entries: Sequence[str]) -> bool:
 
 def _comparisons(claim: Claim, scores: Mapping[str, pd.DataFrame], samples: pd.DataFrame, n_resamples: int) -> list:
     """(description, PairedDifference, claimed sign) for every comparison the claim's relations make."""
-    higher = HIGHER_IS_BETTER[claim.metric]
+    higher = higher_is_better(claim.metric)
     sign = 1 if higher else -1  # the claimed side of score(better) - score(worse)
     sample_means = {k: float(v.to_numpy().mean()) for k, v in scores.items()}
     out = []

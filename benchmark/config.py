@@ -4,8 +4,11 @@ References: `shared/research/minillm-reference.md` (cited as "ref §N") describe
 (Gu et al., ICLR 2024), whose scripts the paper ran; the paper (Yim et al.) §4 "Hyper-parameters" fixes
 temperature 1.0, lr 5e-6, distillation-loss weight 0.5 and 5000 steps.
 
-Scales override only what they must (`benchmark.registry.Scale.sft/minillm/evaluation`), via `for_scale`.
-The DeepSpeed JSON is derived from these configs by `deepspeed_config`, never kept by hand.
+    resolve("minillm", "small", {"generation": {"temperature": 0.9}})   # what plan, runner and `train` run
+
+Scales override only what they must (`benchmark.scales.Scale.sft/minillm/evaluation`); `resolve` is the one merge
+of the defaults, a scale's values, a model's own and a run's overrides. The DeepSpeed JSON is derived from these
+configs by `deepspeed_config`, never kept by hand.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from benchmark import BenchmarkError
+from benchmark import BenchmarkError, scales
 
 Precision = Literal["fp32", "fp16", "bf16"]
 
@@ -394,8 +397,43 @@ class EvalConfig:
         _require(self, len(self.seeds) > 0, "seeds", "a non-empty list of integers >= 0")
 
 
+KINDS = {"sft": SFTConfig, "minillm": MiniLLMConfig, "evaluation": EvalConfig}  # the `--set KIND=...` kinds
+Role = Literal["teacher", "init"]
+
+
+def resolve(
+    kind: str,
+    scale: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    model: scales.ModelSpec | None = None,
+    role: Role | None = None,
+):
+    """The frozen config of `kind` ("sft", "minillm" or "evaluation") at `scale`: the paper-faithful defaults, then
+    the scale's values, then (sft only) the model's own learning rate (`model.sft_lr`) and the selection metric of
+    its `role` (the teacher by ROUGE-L, inits by validation loss, ref §3.1), then `overrides`. Nested values merge
+    field by field: overriding `generation.temperature` keeps the scale's `generation.max_new_tokens`."""
+    cls = KINDS[kind]
+    own: dict[str, Any] = {}
+    if model is not None and model.sft_lr is not None:
+        own["lr"] = model.sft_lr
+    if role is not None:
+        own["select_by"] = "rouge_l" if role == "teacher" else "val_loss"
+    _check(kind == "sft" or not own, f"only sft configs take a model's lr and a role, not {kind}")
+    return for_scale(cls, _merge(_merge(getattr(scales.scale(scale), kind), own), overrides or {}))
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """`base` updated by `override`, nested dicts field by field."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def for_scale(cls, overrides: dict[str, Any], **extra):
-    """`cls()` with a scale's overrides applied; nested `generation` dicts update the nested settings."""
+    """`cls()` with field values applied (the building block of `resolve`, which merges a scale's values and a
+    run's overrides first); nested `generation` dicts update the nested settings."""
     kw = dict(overrides) | extra
     _known_fields(cls, kw)
     if "generation" in kw and isinstance(kw["generation"], dict):

@@ -49,13 +49,17 @@ values, perplexity_samples the mean of exp(sample_nll / sample_tokens) over the 
 perplexity_gold = exp(mean of gold_nll / gold_tokens over the examples with gold_tokens > 0) and
 perplexity_gold_token = exp(sum gold_nll / sum gold_tokens) (the gold fields repeat at every seed). The chain
 runner writes them to each evaluate stage's `samples.jsonl`; `benchmark.results.read_samples` reads them back.
+
+During training (`benchmark.sft`, `benchmark.minillm`): `validate` is the reference's training-time validation
+(sampled ROUGE-L of one seed, no n-gram ban) with the per-response reverse KL to the teacher; a hop measures its
+student's reverse KL before and after two ways, `heldout_reverse_kl` (teacher-forced on the gold responses) and
+`sequence_reverse_kl` (MiniLLM's objective on the student's own samples).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import string
 import time
@@ -63,12 +67,14 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark import BenchmarkError
+from benchmark import BenchmarkError, losses
 from benchmark.config import EvalConfig
-from benchmark.sampling import example_generators, forward_logits, left_pad, sample, trim_left_padding
+from benchmark.engine import Dist, model_path_problem
+from benchmark.sampling import forward_logits, left_pad, response_logits, response_width, sample_prompts
 
 __all__ = [
     "EvaluationError",
@@ -76,11 +82,14 @@ __all__ = [
     "evaluate_model",
     "exact_match",
     "generate_responses",
+    "heldout_reverse_kl",
     "perplexity_gold",
     "perplexity_gold_token",
     "perplexity_samples",
     "postprocess",
     "rouge_l",
+    "sequence_reverse_kl",
+    "validate",
 ]
 
 
@@ -187,30 +196,32 @@ def _batches(n: int, size: int):
 def _sample_ids(
     model, examples: Sequence, cfg: EvalConfig, seed: int, *, eos_token_id: int, progress: bool = True
 ) -> list[list[int]]:
-    """Every example's sampled response ids, cut before the first EOS."""
+    """Every example's sampled response ids, cut before the first EOS.
+
+    ref §5.1: prompts left-padded with EOS to max_prompt_length (256); longer ones keep their first tokens. The
+    columns that are padding in every row are dropped (`sample_prompts`): the logits do not depend on the amount of
+    padding (explicit position ids), and neither does the n-gram ban, which sees the padded prompt as HF generate
+    does: a banned n-gram would have to consist of generated tokens and pads, and a row stops at its first EOS."""
     from tqdm.auto import tqdm
 
     if len(examples) == 0:
         raise EvaluationError("the test set is empty: nothing to generate")
-    device = _device_of(model)
+    batches = sample_prompts(
+        model,
+        [ex.prompt_ids for ex in examples],
+        range(len(examples)),
+        cfg.generation,
+        seed=seed,
+        eos_token_id=eos_token_id,
+        max_prompt_length=cfg.max_prompt_length,
+        batch_size=cfg.batch_size,
+        device=_device_of(model),
+    )
     out: list[list[int]] = []
-    batches = list(_batches(len(examples), cfg.batch_size))
-    for idx in tqdm(batches, desc=f"seed {seed}", unit="batch", leave=False, disable=not progress):
-        # ref §5.1: prompts left-padded with EOS to max_prompt_length (256); longer ones keep their first tokens
-        # (left_pad). The columns that are padding in every row are then dropped: the logits do not depend on the
-        # amount of padding (explicit position ids), and neither does the n-gram ban, which sees the padded prompt
-        # as HF generate does: a banned n-gram would have to consist of generated tokens and pads, and a row stops
-        # generating at its first EOS.
-        ids, mask = left_pad([list(examples[i].prompt_ids) for i in idx], eos_token_id, cfg.max_prompt_length)
-        ids, mask = trim_left_padding(ids, mask)
-        res = sample(
-            model,
-            ids.to(device),
-            mask.to(device),
-            cfg.generation,
-            eos_token_id=eos_token_id,
-            generators=example_generators(seed, idx),
-        )
+    n_batches = -(-len(examples) // cfg.batch_size)
+    for _, _, _, res in tqdm(
+        batches, total=n_batches, desc=f"seed {seed}", unit="batch", leave=False, disable=not progress
+    ):
         for row, n in zip(res.response_ids.tolist(), res.lengths.tolist()):
             out.append([t for t in row[:n] if t != eos_token_id])
     return out
@@ -402,43 +413,140 @@ def _sample_nll(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# During training: validation and the reverse KL to the teacher
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _sequence_reverse_kls(student, teacher, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """Per response, the closed-form KL(q || p) summed over its masked positions: [batch] (losses upcasts the
+    logits). The validation log, the held-out measure and the sequence-level measure all go through it."""
+    width = response_width(response_mask)
+    args = (prompt_ids, prompt_mask, response_ids[:, :width], response_mask[:, :width])
+    return losses.sequence_reverse_kl(response_logits(student, *args), response_logits(teacher, *args), args[3])
+
+
+@torch.no_grad()
+def validate(
+    model,
+    teacher,
+    examples,
+    *,
+    tokenizer,
+    eos_token_id: int,
+    max_prompt_length: int,
+    settings,
+    batch_size: int,
+    seed: int,
+    dist: Dist,
+) -> dict:
+    """Validation ROUGE-L of the student's samples (one seed, no n-gram blocking: the reference's training-time
+    validation, ref §1.5 and LMOps #329) and, with a teacher, the student's sequence-level reverse KL: the exact
+    per-position KL(q||p) summed over each sampled response, averaged over prompts. Examples are sharded over
+    ranks and gathered."""
+    was_training = model.training
+    model.eval()
+    idx = list(range(dist.rank, len(examples), dist.world_size))
+    preds, kls = {}, {}
+    batches = sample_prompts(
+        model,
+        [examples[i].prompt_ids for i in idx],
+        idx,
+        settings,
+        seed=seed,
+        eos_token_id=eos_token_id,
+        max_prompt_length=max_prompt_length,
+        batch_size=batch_size,
+        device=dist.device,
+    )
+    for chunk, p_ids, p_mask, out in batches:
+        texts = tokenizer.batch_decode(out.response_ids.cpu(), skip_special_tokens=True)
+        for i, text in zip(chunk, texts):
+            preds[i] = postprocess(text, tokenizer.eos_token)
+        if teacher is not None:
+            seq_kl = _sequence_reverse_kls(model, teacher, p_ids, p_mask, out.response_ids, out.response_mask)
+            kls.update(zip(chunk, seq_kl.cpu().tolist()))
+    gathered: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, (preds, kls))
+    preds = {k: v for p, _ in gathered for k, v in p.items()}
+    kls = {k: v for _, k_ in gathered for k, v in k_.items()}
+    order = sorted(preds)
+    result = {"val_rouge_l": rouge_l([preds[i] for i in order], [examples[i].output for i in order])}
+    if kls:
+        result["val_rev_kl"] = float(np.mean([kls[i] for i in order]))
+    model.train(was_training)
+    return result
+
+
+@torch.no_grad()
+def heldout_reverse_kl(student, teacher, examples, eos_token_id: int, max_prompt_length: int, batch: int) -> float:
+    """Token mean of the closed-form KL(q || p) at every position of the held-out gold responses (EOS included):
+    the reverse KL of the student to its teacher on fixed contexts. Deterministic and paired (every checkpoint is
+    scored on the same contexts), so a hop's change is measurable where the sampled per-response estimate
+    (`val_rev_kl`, one sampled response per prompt) has a standard error several times the change at small scale.
+    Every rank computes the whole split, so a sharded ZeRO-3 teacher forwards in lockstep."""
+    device = _device_of(student)
+    total, count = 0.0, 0.0
+    for start in range(0, len(examples), batch):
+        chunk = examples[start : start + batch]
+        p_ids, p_mask = left_pad([e.prompt_ids for e in chunk], eos_token_id, max_prompt_length)
+        r_ids = torch.full((len(chunk), max(len(e.response_ids) for e in chunk)), eos_token_id, dtype=torch.long)
+        r_mask = torch.zeros(r_ids.shape)
+        for i, e in enumerate(chunk):  # right-padded, EOS inside the mask (ref §1.3 mask convention)
+            r_ids[i, : len(e.response_ids)] = torch.tensor(e.response_ids)
+            r_mask[i, : len(e.response_ids)] = 1.0
+        r_mask = r_mask.to(device)
+        kl = _sequence_reverse_kls(student, teacher, p_ids.to(device), p_mask.to(device), r_ids.to(device), r_mask)
+        total, count = total + kl.sum().item(), count + r_mask.sum().item()
+    return total / max(count, 1.0)
+
+
+# The sampling seeds of a hop's sequence-level reverse KL before/after (two samples per held-out prompt).
+SEQUENCE_KL_SEEDS = (10, 11)
+
+
+@torch.no_grad()
+def sequence_reverse_kl(
+    student, teacher, examples, eos_token_id: int, max_prompt_length: int, generation, seeds, batch: int
+) -> dict:
+    """MiniLLM's objective itself: the sequence-level reverse KL KL(q || p) = E_x E_{y~q}[log q(y|x) - log p(y|x)]
+    (MiniLLM paper Eq. 1, ref §1.2), estimated on every held-out prompt with one student sample per seed and the
+    Rao-Blackwellised per-response value sum_t KL(q(.|y_<t, x) || p(.|y_<t, x)) (exact over the vocabulary at each
+    sampled context; same expectation as the sampled log-ratio, far lower variance). Samples come from the student
+    alone with the run's generation settings and per-example generators, so the value does not depend on batching.
+    Returns per-response and per-token means, the mean response length (EOS included) and the per-seed values."""
+    per_seed, total, tokens, responses = [], 0.0, 0.0, 0
+    for seed in seeds:
+        seed_total = 0.0
+        batches = sample_prompts(
+            student,
+            [e.prompt_ids for e in examples],
+            range(len(examples)),
+            generation,
+            seed=seed,
+            eos_token_id=eos_token_id,
+            max_prompt_length=max_prompt_length,
+            batch_size=batch,
+            device=_device_of(student),
+        )
+        for _, p_ids, p_mask, out in batches:
+            kl = _sequence_reverse_kls(student, teacher, p_ids, p_mask, out.response_ids, out.response_mask)
+            seed_total, tokens = seed_total + kl.sum().item(), tokens + out.response_mask.sum().item()
+        per_seed.append(seed_total / len(examples))
+        total, responses = total + seed_total, responses + len(examples)
+    return {
+        "per_response": total / responses,
+        "per_token": total / max(tokens, 1.0),
+        "mean_length": tokens / responses,
+        "per_seed": per_seed,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # One model, every metric
 # ----------------------------------------------------------------------------------------------------------------
 
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-MODEL_DIR_HINT = (
-    "a model directory is written by `python -m benchmark train ... --out OUT` (OUT/model) or by a run's stage "
-    "(RUN/stages/<stage>/model, see `python -m benchmark status --out RUN`); train it first or correct the path "
-    "(a Hugging Face Hub id has the form org/name)"
-)
-
-
-def _looks_local(text: str) -> bool:
-    """Whether `text` names a local path rather than a hub id ("name" or "org/name")."""
-    if text.startswith(("/", ".", "~")) or (os.altsep and os.altsep in text):
-        return True
-    parts = text.split(os.sep)
-    # org/name/more is never a hub id; org/name is a path when org/ exists here (runs/model, data/x)
-    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir())
-
-
-def model_path_problem(path_or_id) -> str | None:
-    """Why `path_or_id` cannot be loaded as a local model directory, when it names one (None: a model directory, or
-    a hub id left to `from_pretrained`). Shared by `train.load_model` so both verbs say the same thing."""
-    text = str(path_or_id)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            return f"model directory {text} holds no config.json, so it is not a saved model; {MODEL_DIR_HINT}"
-        return None
-    if path.exists():
-        return f"model path {text} is a file, not a model directory; {MODEL_DIR_HINT}"
-    if _looks_local(text):
-        return f"model directory {text} does not exist; {MODEL_DIR_HINT}"
-    return None
 
 
 def _load_model(path_or_id, cfg: EvalConfig, device: torch.device):
@@ -676,7 +784,7 @@ def format_table(records: list[dict]) -> str:
 def cmd_evaluate(args) -> int:
     import dataclasses
 
-    from benchmark import registry
+    from benchmark import scales
     from benchmark.config import for_scale
     from benchmark.data import load_prepared  # lazily: data.py is optional until a data verb is used
 
@@ -684,7 +792,7 @@ def cmd_evaluate(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    cfg = for_scale(EvalConfig, registry.scale(args.scale).evaluation) if args.scale else EvalConfig()
+    cfg = for_scale(EvalConfig, scales.scale(args.scale).evaluation) if args.scale else EvalConfig()
     changes = {}
     if args.seeds:
         changes["seeds"] = _parse_seeds(args.seeds)
@@ -713,7 +821,7 @@ def cmd_evaluate(args) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from benchmark import registry
+    from benchmark import scales
 
     s = subparsers.add_parser("evaluate", help="ROUGE-L over seeds + perplexity of one model (ref §5)")
     s.add_argument("model", help="a local model directory or a hub id")
@@ -739,7 +847,7 @@ def add_cli(subparsers) -> None:
     s.add_argument(
         "--scale",
         default=None,
-        choices=list(registry.SCALES),
+        choices=list(scales.SCALES),
         help="apply this scale's evaluation settings (lengths, seeds, examples); default: the paper protocol",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bars (ours or transformers')")

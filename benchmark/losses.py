@@ -6,7 +6,7 @@ Each function names the place of microsoft/LMOps `minillm/` it mirrors (describe
     r = rewards(log_p, log_q, mask, reward_scaling=cfg.reward_scaling, cliprange_reward=cfg.cliprange_reward)
     w = importance_weights(log_q, log_p, cfg.teacher_mixed_alpha)                      # r and w: stored per rollout
     A = minillm_advantages(r, mask, cfg.gamma, cfg.length_normalization)
-    A = whiten(A, mask, include_padding=cfg.whiten_include_padding, shift_mean=True, distributed=False)
+    A = whiten(A, mask, include_padding=cfg.whiten_include_padding)
     loss = ppo_clip_loss(token_logprobs(logits, response), log_q, w, A, mask, clip=cfg.cliprange, num_tokens=n_global)
     loss += single_step_kl(logits, teacher_logits, mask, n_global)
     loss += cfg.pt_coef * pt_loss(pt_logits, pt_teacher_logits, pt_labels, cfg.kd_ratio, n_pt_global)
@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -141,15 +140,9 @@ def minillm_advantages(
     return returns / remaining.clamp_min(1.0)
 
 
-def whiten(
-    values: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    include_padding: bool,
-    shift_mean: bool,
-    distributed: bool,
-) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8), with mean and variance over the whole (possibly distributed) batch.
+def whiten(values: torch.Tensor, mask: torch.Tensor, *, include_padding: bool) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8), with mean and variance over the whole batch given (ref `utils.py::whiten` with
+    `shift_mean=True`, ref §1.3 "Advantage").
 
     - `include_padding=True` (faithful, `MiniLLMConfig.whiten_include_padding`): statistics over EVERY element of
       `values`, padded positions included (ref `utils.py::whiten` over the padded B x 256 advantage tensor, whose
@@ -159,14 +152,9 @@ def whiten(
       computes in every run: DeepSpeed always initialises torch.distributed, so `whiten` takes the
       `get_global_statistics` branch (`sum((x - global_mean)^2) / count`); its `torch.var_mean` (unbiased) fallback
       is never reached.
-    - `distributed=True`: if torch.distributed is initialised, sum and count, then the sum of squared deviations
-      from the global mean, are all-reduced over the default group (two all-reduces, as the reference). Statistics
-      are accumulated in float64, so the result equals single-process whitening of the rank-concatenated batch up
-      to float64 summation order, for any world size. Every rank must call it (collective).
-      `distributed=False` skips the all-reduce: for callers whose every rank already holds the whole batch (the
-      trainer gathers the global mini-batch on every rank), local statistics are the global ones.
-    - `shift_mean=True` is what the trainer uses (the reference's `shift_mean=True`, ref §1.3 "Advantage");
-      `shift_mean=False` keeps the reference's meaning: the mean is added back, (x - mean) / std + mean.
+    - The reference all-reduces the statistics over the ranks. Here every rank holds the whole global mini-batch
+      (the trainer gathers it), so local statistics are the global ones, for any world size. Statistics are
+      accumulated in float64.
     Every element is transformed, masked ones too; the losses multiply them by mask 0. Statistics carry no
     gradient. At least one counted element is required (else 0/0 gives NaN).
     """
@@ -174,28 +162,13 @@ def whiten(
     counted = torch.ones_like(values, dtype=torch.bool) if include_padding else mask.bool()
     with torch.no_grad():
         xd = torch.where(counted, x.detach(), 0.0)
-        sum_and_count = torch.stack([xd.sum(), counted.sum().to(torch.float64)])
-        distributed = distributed and dist.is_available() and dist.is_initialized()
-        if distributed:
-            dist.all_reduce(sum_and_count, op=dist.ReduceOp.SUM)
-        mean = sum_and_count[0] / sum_and_count[1]
-        sum_sq = torch.where(counted, (xd - mean) ** 2, 0.0).sum()
-        if distributed:
-            dist.all_reduce(sum_sq, op=dist.ReduceOp.SUM)
-        var = sum_sq / sum_and_count[1]
-    out = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
-    if not shift_mean:
-        out = out + mean
-    return out.to(values.dtype)
+        count = counted.sum().to(torch.float64)
+        mean = xd.sum() / count
+        var = torch.where(counted, (xd - mean) ** 2, 0.0).sum() / count
+    return ((x - mean) * torch.rsqrt(var + WHITEN_EPS)).to(values.dtype)
 
 
 # --------------------------------------------------------------------------- policy-gradient term
-
-
-def _ppo_ratio(logprobs, old_logprobs, weights, mask):
-    dtype = _compute_dtype(logprobs)
-    log_ratio = (logprobs.to(dtype) - old_logprobs.detach().to(dtype)) * mask.to(dtype)
-    return torch.exp(log_ratio) * weights.detach().to(dtype)
 
 
 def ppo_clip_loss(
@@ -218,29 +191,12 @@ def ppo_clip_loss(
     `old_logprobs`, `weights` and `advantages` are constants of the surrogate and are detached; the gradient flows
     through `logprobs` only, and is exactly 0 where the clipped branch is selected.
     """
-    ratio = _ppo_ratio(logprobs, old_logprobs, weights, mask)
-    a = advantages.detach().to(ratio.dtype)
+    dtype = _compute_dtype(logprobs)
+    log_ratio = (logprobs.to(dtype) - old_logprobs.detach().to(dtype)) * mask.to(dtype)
+    ratio = torch.exp(log_ratio) * weights.detach().to(dtype)
+    a = advantages.detach().to(dtype)
     per_token = torch.max(-a * ratio, -a * ratio.clamp(1.0 - clip, 1.0 + clip))
     return _token_mean(per_token, mask, num_tokens)
-
-
-@torch.no_grad()
-def ppo_clip_fraction(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    weights: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    clip: float,
-) -> torch.Tensor:
-    """Logging only: the fraction of valid tokens where the clip binds, i.e. -A clamp(rho) > -A rho strictly
-    (A > 0 and rho > 1 + clip, or A < 0 and rho < 1 - clip), which are the tokens with zero PG gradient.
-    Token mean over this micro-batch's mask (a 0-dim tensor). The reference logs no clip fraction."""
-    ratio = _ppo_ratio(logprobs, old_logprobs, weights, mask)
-    a = advantages.to(ratio.dtype)
-    binds = (-a * ratio.clamp(1.0 - clip, 1.0 + clip) > -a * ratio).to(ratio.dtype)
-    return _token_mean(binds, mask, None)
 
 
 # --------------------------------------------------------------------------- single-step term and KL diagnostics

@@ -1,10 +1,13 @@
-"""Regenerate the paper's tables and Figure 2 from a results store by executing notebooks/ with papermill.
+"""Regenerate the paper's tables, Figure 2 and the run's stage report from a results store by executing notebooks/
+with papermill.
 
     python -m benchmark notebooks --results runs/small --scale small              # -> paper_tables/small/
     python -m benchmark notebooks --results runs/paper --scale paper --only table1,figure2
 
-Each notebook reads only the results store and writes `<out>/tableN.{md,csv,tex}` or `figure2.{png,csv,md}`, and
-replaces its own records in `<out>/checks.json`. Executed copies go to `<out>/executed/` (never into notebooks/).
+notebooks/table.ipynb runs once per table (its parameter `artefact`) and writes `<out>/tableN.{md,csv,tex}`;
+notebooks/figure2.ipynb writes `figure2.{png,csv,md}`; each replaces its own records in `<out>/checks.json`.
+notebooks/stages.ipynb then writes `<out>/stages.md` from the run directory's stage summaries. Executed copies go to
+`<out>/executed/<artefact>.ipynb` (never into notebooks/). notebooks/planner.ipynb is run by `run_planner_report`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmark import BenchmarkError, registry
+from benchmark import BenchmarkError, registry, scales
 from benchmark.checks import DEFAULT_TOLERANCES, Tolerances
 from benchmark.results import overrides_key
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
+TABLES = ("table1", "table2", "table3", "table4")  # one notebook, notebooks/table.ipynb, parameterised by artefact
 
 
 class NotebookError(BenchmarkError, RuntimeError):
@@ -34,15 +38,18 @@ def run_notebooks(
     executed_dir: str | Path | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
     overrides: dict | None = None,
+    retrain_one_step: bool = False,
 ) -> Path:
-    """Execute the notebooks of `artefacts` against `results_dir`; returns the output directory.
+    """Execute the notebooks of `artefacts` against `results_dir`, then notebooks/stages.ipynb; returns the output
+    directory.
 
     `out_dir` defaults to `paper_tables/<scale>` in the repository; executed copies go to `executed_dir`
     (default `<out_dir>/executed`). `overrides` selects the records made with those `--set` overrides (default:
-    the scale's own configs); the results path is given to the notebooks relative to the repository, so committed
+    the scale's own configs) and, with `retrain_one_step` (as `run --retrain-one-step`), the stages whose summaries
+    stages.md shows; the results path is given to the notebooks relative to the repository, so committed
     provenance lines hold no path of the machine that ran them.
     """
-    registry.scale(scale)  # an unknown scale fails here with a suggestion, not inside a kernel
+    scales.scale(scale)  # an unknown scale fails here with a suggestion, not inside a kernel
     unknown = [a for a in artefacts if a not in registry.ARTEFACTS]
     if unknown:
         raise NotebookError(f"no notebook for {unknown}; artefacts are {', '.join(registry.ARTEFACTS)}")
@@ -52,18 +59,37 @@ def run_notebooks(
     out = Path(out_dir).resolve() if out_dir else REPO / "paper_tables" / scale
     executed = Path(executed_dir).resolve() if executed_dir else out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
-    params = {
+    store = {
         "results_dir": os.path.relpath(results_dir, REPO),
         "overrides": overrides_key(overrides or {}),
         "scale": scale,
         "out_dir": str(out),
+    }
+    params = store | {
         "rouge_tol_min": tolerances.rouge_min,
         "ppl_rel_tol": tolerances.ppl_rel,
         "std_multiplier": tolerances.std_multiplier,
     }
     for name in artefacts:
-        execute(name, executed / f"{name}.ipynb", params)
+        if name in TABLES:
+            execute("table", executed / f"{name}.ipynb", params | {"artefact": name})
+        else:
+            execute(name, executed / f"{name}.ipynb", params)
+    execute("stages", executed / "stages.ipynb", store | {"retrain_one_step": retrain_one_step})
     return out
+
+
+def run_planner_report(results_dir: str | Path | None, scale: str, out_dir: str | Path | None = None) -> Path:
+    """Execute notebooks/planner.ipynb: each law of `benchmark.planner` ranks the paths next to the paper's and (if
+    `results_dir` holds a store) the measured ranking at `scale`, with Kendall's tau; writes `<out_dir>/planner.md`
+    (default paper_tables/<scale>/) and the executed copy to `<out_dir>/executed/`. Returns planner.md's path."""
+    scales.scale(scale)
+    out = Path(out_dir).resolve() if out_dir else REPO / "paper_tables" / scale
+    executed = out / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    rel = "" if results_dir is None else os.path.relpath(Path(results_dir).resolve(), REPO)  # "": no store
+    execute("planner", executed / "planner.ipynb", {"results_dir": rel, "scale": scale, "out_dir": str(out)})
+    return out / "planner.md"
 
 
 def execute(name: str, target: Path, parameters: dict) -> None:
@@ -92,7 +118,7 @@ def execute(name: str, target: Path, parameters: dict) -> None:
 
 def _kernel_config():
     """The kernel connection encrypted with CurveZMQ keys the kernel manager provisions, where the kernelspec declares
-    support (ipykernel's does) and pyzmq has libsodium; otherwise plain TCP on localhost, as before.
+    support (ipykernel's does) and pyzmq has libsodium; otherwise plain TCP on localhost.
 
     ipykernel >= 7 warns "Kernel is running over TCP without encryption" at every start when the connection has no
     CurveZMQ keys; jupyter_client's `transport_encryption="auto"` provisions them, so the warning is answered rather
@@ -114,8 +140,9 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
         artefacts,
         tolerances=Tolerances(args.rouge_tol_min, args.ppl_rel_tol, args.std_multiplier),
         overrides=_overrides_arg(args.overrides),
+        retrain_one_step=args.retrain_one_step,
     )
-    print(f"wrote {', '.join(artefacts)} to {out} (checks: {out / 'checks.json'})")
+    print(f"wrote {', '.join(artefacts)} and stages.md to {out} (checks: {out / 'checks.json'})")
     return 0
 
 
@@ -134,9 +161,11 @@ def _overrides_arg(text: str | None) -> dict:
 
 def add_cli(subparsers) -> None:
     d = DEFAULT_TOLERANCES
-    s = subparsers.add_parser("notebooks", help="regenerate the tables and Figure 2 from a results directory")
+    s = subparsers.add_parser(
+        "notebooks", help="regenerate the tables, Figure 2 and stages.md from a results directory"
+    )
     s.add_argument("--results", required=True, help="results directory (holds results.jsonl)")
-    s.add_argument("--scale", required=True, choices=list(registry.SCALES), help="the scale whose records to tabulate")
+    s.add_argument("--scale", required=True, choices=list(scales.SCALES), help="the scale whose records to tabulate")
     s.add_argument("--out", default=None, help="output directory (default paper_tables/<scale>)")
     s.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(registry.ARTEFACTS)}")
     s.add_argument(
@@ -145,6 +174,11 @@ def add_cli(subparsers) -> None:
         metavar="JSON",
         help="show the records of a run made with these --set overrides, {KIND: {field: value}} (default: the "
         "scale's own configs); entries the overrides do not change keep their default records",
+    )
+    s.add_argument(
+        "--retrain-one-step",
+        action="store_true",
+        help="the run was made with run --retrain-one-step (paper scale): stages.md shows its one-step hops",
     )
     s.add_argument("--rouge-tol-min", type=float, default=d.rouge_min, help="ROUGE-L band floor, points")
     s.add_argument("--ppl-rel-tol", type=float, default=d.ppl_rel, help="perplexity band floor, relative")

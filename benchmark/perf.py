@@ -160,18 +160,18 @@ def _memory(baseline_mb: float) -> dict:
 
 
 def _configs(scale_name: str):
-    from benchmark import registry
+    from benchmark import scales
     from benchmark.config import EvalConfig, MiniLLMConfig, for_scale
 
-    sc = registry.scale(scale_name)
+    sc = scales.scale(scale_name)
     return sc, for_scale(MiniLLMConfig, sc.minillm), for_scale(EvalConfig, sc.evaluation)
 
 
 def prepare(scale_name: str, work: Path) -> dict:
     """Data (benchmark.synthetic, the scale's record counts) and random GPT-2 teacher/student saved with the data's
     tokenizer under `work`. Idempotent: an existing `work/setup.json` is reused."""
+    from benchmark.scales import build_model
     from benchmark.synthetic import prepare_synthetic
-    from benchmark.train import build_model
 
     done = work / "setup.json"
     if done.is_file():
@@ -203,7 +203,7 @@ def prepare(scale_name: str, work: Path) -> dict:
 def _load(path: str):
     from transformers import AutoModelForCausalLM
 
-    from benchmark.train import _disable_dropout
+    from benchmark.engine import disable_dropout as _disable_dropout
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     _disable_dropout(model)
@@ -332,7 +332,8 @@ def _phase(engine, teacher: _TimedTeacher, prompts, draw_ids, cfg, eos, dist, ph
     """One MiniLLM phase exactly as `train_minillm`'s loop body (rollouts, then ppo_epochs x mini-batches with
     advantages, whitening, `_ppo_micro_loss`, DeepSpeed backward/step), minus logging, validation and checkpoints,
     with a stopwatch around each part; the optimizer step is the trainer's own `minillm_step`."""
-    from benchmark.train import TeacherLogitsCache, _gen, collect_rollouts, gather_buffer, minillm_step
+    from benchmark.engine import seeded_generator as _gen
+    from benchmark.minillm import TeacherLogitsCache, collect_rollouts, gather_buffer, minillm_step
 
     micro = engine.train_micro_batch_size_per_gpu()
     t0 = time.perf_counter()
@@ -383,7 +384,9 @@ def worker_training(setup: dict, rnd: int, quick: bool, cache: bool = True) -> d
 
     from benchmark.config import deepspeed_config
     from benchmark.data import load_prepared
-    from benchmark.train import _engine, _gen, init_distributed, load_model
+    from benchmark.engine import build_engine as _engine
+    from benchmark.engine import init_distributed, load_model
+    from benchmark.engine import seeded_generator as _gen
 
     _, cfg, _ = _configs(setup["scale"])
     cfg = dataclasses.replace(cfg, cache_teacher_logits=cache)
@@ -462,7 +465,7 @@ def _rkl_prompts(setup: dict, s: dict):
     """The prompts `train_minillm` draws in its first `steps` phases (its sampler: a seeded permutation of the train
     split), so both trainers see the same multiset of prompts."""
     from benchmark.data import load_prepared
-    from benchmark.train import _gen
+    from benchmark.engine import seeded_generator as _gen
 
     train = load_prepared(setup["data"], "gpt2").split("train")
     order = torch.randperm(len(train), generator=_gen(s["seed"], 0))
@@ -475,7 +478,7 @@ def _kept(xs: list) -> list:
 
 def worker_ours_rkl(setup: dict, rnd: int, quick: bool) -> dict:
     from benchmark.config import MiniLLMConfig, for_scale
-    from benchmark.train import train_minillm
+    from benchmark.minillm import train_minillm
 
     sc, _, _ = _configs(setup["scale"])
     s = _rkl_settings(setup, quick)
@@ -499,7 +502,7 @@ def worker_ours_rkl(setup: dict, rnd: int, quick: bool) -> dict:
     )
     import deepspeed  # noqa: F401  (imported before the baseline, as trl is on the other side)
 
-    from benchmark.train import init_distributed
+    from benchmark.engine import init_distributed
 
     init_distributed()
     out = Path(tempfile.mkdtemp(prefix="perf-ours-"))

@@ -220,7 +220,7 @@ def measure_decode(student, teacher, device, batch: int, prompt: int, new: int) 
 def _scores(model, rollouts, rows: int) -> torch.Tensor:
     """The rollouts' log-probs under the model's current dtype (train.rescore_rollouts), `rows` sequences at a time."""
     from benchmark.config import GenerationSettings as G
-    from benchmark.train import rescore_rollouts
+    from benchmark.minillm import rescore_rollouts
 
     ids, mask, out = rollouts
     parts = []

@@ -25,8 +25,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark import registry
-from benchmark.config import ConfigError, EvalConfig, MiniLLMConfig, SFTConfig, config_hash, for_scale, to_dict
+from benchmark import registry, scales
+from benchmark.config import ConfigError, config_hash, resolve, to_dict
 
 PLAN_VERSION = 1
 
@@ -87,15 +87,6 @@ class Plan:
         return out
 
 
-def _merged(scale_values: dict, override: dict) -> dict:
-    """The scale's config values updated by an override; a nested `generation` dict updates the scale's one field by
-    field (overriding the temperature keeps the scale's max_new_tokens)."""
-    out = scale_values | override
-    if isinstance(scale_values.get("generation"), dict) and isinstance(override.get("generation"), dict):
-        out["generation"] = scale_values["generation"] | override["generation"]
-    return out
-
-
 def build_plan(
     names: list[str], scale_name: str, *, retrain_one_step: bool = False, overrides: dict[str, dict] | None = None
 ) -> Plan:
@@ -104,13 +95,13 @@ def build_plan(
     `overrides` maps a stage kind ("sft", "minillm", "evaluation") to config overrides applied on top of the
     scale's (used by tests and for experiments).
     """
-    sc = registry.scale(scale_name)
+    sc = scales.scale(scale_name)
     overrides = overrides or {}
     per_model = {"lr", "select_by"} & set(overrides.get("sft", {}))
     if per_model:
         raise ConfigError(
             f"sft override of {', '.join(sorted(per_model))}: set per model, not per run (the SFT learning rate is "
-            "ModelSpec.sft_lr in benchmark/registry.py; the teacher selects by ROUGE-L, inits by validation loss)"
+            "ModelSpec.sft_lr in benchmark/scales.py; the teacher selects by ROUGE-L, inits by validation loss)"
         )
     entries = registry.select(names)
     stages: dict[str, Stage] = {}
@@ -121,14 +112,15 @@ def build_plan(
         return stage.id
 
     paper = sc.name == "paper"
+    scale_minillm = resolve("minillm", sc.name)  # data stages follow the scale, never a run's overrides
     data_ids = {}
     for fam in sorted({e.family for e in entries}):
         data_cfg = {
             "scale": sc.name,
             "data": sc.data,
             "records": sc.synthetic_records,
-            "max_prompt_length": for_scale(MiniLLMConfig, sc.minillm).max_prompt_length,
-            "pt_seq_length": for_scale(MiniLLMConfig, sc.minillm).pt_seq_length,
+            "max_prompt_length": scale_minillm.max_prompt_length,
+            "pt_seq_length": scale_minillm.pt_seq_length,
             "seed": 0,
             "version": 1,
         }
@@ -141,17 +133,12 @@ def build_plan(
             return add(
                 Stage("sft", f"sft-{family}-{size}-{role}", family, {"role": role, "size": size}, source=spec.init)
             )
-        sft = for_scale(
-            SFTConfig,
-            sc.sft | overrides.get("sft", {}),
-            lr=spec.sft_lr,
-            select_by="rouge_l" if role == "teacher" else "val_loss",
-        )
+        sft = resolve("sft", sc.name, overrides.get("sft"), model=spec, role=role)
         cfg = {"role": role, "size": size, "model": dataclasses.asdict(spec), "sft": to_dict(sft)}
         return add(Stage("sft", f"sft-{family}-{size}-{role}", family, cfg, inputs={"data": data_ids[family]}))
 
-    minillm = for_scale(MiniLLMConfig, _merged(sc.minillm, overrides.get("minillm", {})))
-    evaluation = for_scale(EvalConfig, _merged(sc.evaluation, overrides.get("evaluation", {})))
+    minillm = resolve("minillm", sc.name, overrides.get("minillm"))
+    evaluation = resolve("evaluation", sc.name, overrides.get("evaluation"))
 
     def final_stage(family: str, path: tuple[str, ...]) -> str:
         """The stage whose output is the last model of `path` (recursively: the teacher of a hop is the final
@@ -205,7 +192,7 @@ def build_plan(
 
 
 # The config kind each stage kind reads (the `--set KIND=...` that can change it).
-_CONFIG_KIND = {"sft": "sft", "distill": "minillm", "evaluate": "evaluation"}
+CONFIG_KIND = {"sft": "sft", "distill": "minillm", "evaluate": "evaluation"}
 
 
 def _effective_overrides(plan: Plan, stage: Stage) -> dict[str, dict]:
@@ -213,7 +200,7 @@ def _effective_overrides(plan: Plan, stage: Stage) -> dict[str, dict]:
     kinds, todo = set(), [stage]
     while todo:
         s = todo.pop()
-        kinds.add(_CONFIG_KIND.get(s.kind))
+        kinds.add(CONFIG_KIND.get(s.kind))
         todo += [plan.stages[i] for i in s.inputs.values()]
     return {k: v for k, v in plan.overrides.items() if k in kinds}
 
@@ -274,7 +261,7 @@ _PAPER_PARAMS_B = {
 def _hop_budget_ratio(stage: Stage, scale_name: str) -> float:
     """Rollout-epochs of a distill stage (steps x global batch) relative to its scale's default hop, so that a hop
     run with `--set minillm=...` is estimated at its own size."""
-    default = for_scale(MiniLLMConfig, registry.scale(scale_name).minillm)
+    default = resolve("minillm", scale_name)
     cfg = stage.config["minillm"]
     return cfg["total_steps"] * cfg["batch_size"] / (default.total_steps * default.batch_size)
 

@@ -6,33 +6,12 @@
     >>> results.read("runs/small", overrides={})              # only records of the scale's default configs
     >>> results.read_samples("runs/small", overrides={}, scale="small")  # their per-example samples
 
-Notebooks read only `read()` and `read_samples()`. Writers call `append(path, records)`;
-`benchmark.evaluate.evaluate_model` is the one writer today.
+Notebooks read only `read()` and `read_samples()`. `benchmark.evaluate.evaluate_model` makes the records
+(`make_record`); `append` and `merge` (the chain runner's: each finished evaluate stage's records into the run's
+store) are the only code that writes a store.
 
-Schema (SCHEMA_VERSION = 1), one JSON object per line:
-
-    schema          1
-    entry           registry entry key ("gpt2/1.5B>760M>120M") or null
-    scale           "paper" | "small" | "tiny" | null
-    stage           stage id (the chain runner's content-addressed name) or null
-    overrides       the `--set` overrides ({kind: {field: value}}) that changed this stage or one upstream of it;
-                    {} for the scale's defaults (a record without the field reads as {})
-    model           {"path": absolute local directory or null, "hub_id": hub id or null,
-                     "sha256": hash of the weight files' names and bytes (see `model_identity`) or null}
-    metric          a key of METRICS: rouge_l, exact_match, perplexity_gold, perplexity_gold_token, perplexity_samples
-    metric_version  METRICS[metric]["version"] when written
-    higher_is_better
-    values          per-seed values, in `seeds` order; one value for a seed-independent metric
-    seeds           the evaluation seeds, or null for a seed-independent metric (perplexity_gold*)
-    mean            mean of values
-    std             sample standard deviation of values over seeds (ddof=1); 0.0 when there is a single value
-    n_examples      test examples scored
-    settings        the EvalConfig as a dict (benchmark.config.to_dict)
-    scorer          model identity of the scorer (perplexity_samples only), else null
-    versions        {"torch", "transformers", "rouge_score", "nltk", "benchmark"}
-    git_commit      HEAD of the benchmark checkout, or null outside git
-    wall_time_s     wall time of the evaluation call that produced the record (all its metrics)
-    created         UTC ISO-8601 time the record was made
+The schema (SCHEMA_VERSION = 1) is RECORD_FIELDS below: one JSON object per line, one field per row of that table
+with its JSON type and meaning; `make_record` writes exactly those fields and `read` returns them as columns.
 
 Per-example samples (lm-evaluation-harness's `--log_samples`) live beside the records: each evaluate stage of a run
 writes `RUN/stages/<stage>/samples.jsonl`, one JSON object per (seed, example) with the fields SAMPLE_FIELDS
@@ -56,6 +35,38 @@ from benchmark import BenchmarkError
 
 SCHEMA_VERSION = 1
 DEFAULT_NAME = "results.jsonl"
+
+# field -> (JSON type, meaning), in the order of the record and of `read`'s columns.
+RECORD_FIELDS: dict[str, tuple[str, str]] = {
+    "schema": ("int", "SCHEMA_VERSION"),
+    "entry": ("str | null", 'registry entry key ("gpt2/1.5B>760M>120M")'),
+    "scale": ("str | null", '"paper", "small" or "tiny"'),
+    "stage": ("str | null", "stage id (the chain runner's content-addressed name)"),
+    "overrides": (
+        "object",
+        "the `--set` overrides ({kind: {field: value}}) that changed this stage or one upstream of it; {} for the "
+        "scale's defaults (a record without the field reads as {})",
+    ),
+    "model": ("object", "model_identity(): {path, hub_id, sha256} (MODEL_FIELDS)"),
+    "metric": ("str", "a key of METRICS"),
+    "metric_version": ("int", 'METRICS[metric]["version"] when written'),
+    "higher_is_better": ("bool", 'METRICS[metric]["higher_is_better"] when written'),
+    "values": ("list[float]", "per-seed values, in `seeds` order; one value for a seed-independent metric"),
+    "seeds": ("list[int] | null", "the evaluation seeds, or null for a seed-independent metric (perplexity_gold*)"),
+    "mean": ("float", "mean of values"),
+    "std": ("float", "sample standard deviation of values over seeds (ddof=1); 0.0 when there is a single value"),
+    "n_examples": ("int", "test examples scored"),
+    "settings": ("object", "the EvalConfig as a dict (benchmark.config.to_dict)"),
+    "scorer": ("object | null", "model identity of the scorer (perplexity_samples only)"),
+    "versions": ("object", '{"torch", "transformers", "rouge_score", "nltk", "benchmark"}: package versions'),
+    "git_commit": ("str | null", "HEAD of the benchmark checkout, or null outside git"),
+    "wall_time_s": ("float | null", "wall time of the evaluation call that produced the record (all its metrics)"),
+    "created": ("str", "UTC ISO-8601 time the record was made"),
+}
+# model -> {"path": absolute local directory or null, "hub_id": hub id or null, "sha256": hash of the weight files'
+# names and bytes or null}; `read` flattens it to the columns model.path, model.hub_id, model.sha256.
+MODEL_FIELDS = ("path", "hub_id", "sha256")
+COLUMNS = tuple(c for f in RECORD_FIELDS for c in ([f"model.{k}" for k in MODEL_FIELDS] if f == "model" else [f]))
 
 # Metric semantics, declared once (lm-evaluation-harness style). Bump `version` when a metric's meaning changes.
 METRICS: dict[str, dict] = {
@@ -182,10 +193,12 @@ def make_record(
     entry: str | None = None,
     scale: str | None = None,
     stage: str | None = None,
+    overrides: dict | None = None,
     scorer: dict | None = None,
     wall_time_s: float | None = None,
 ) -> dict:
-    """One schema-1 record; `settings` is an EvalConfig (or already a dict)."""
+    """One record with the fields of RECORD_FIELDS, in their order; `settings` is an EvalConfig (or already a
+    dict)."""
     from benchmark.config import to_dict
 
     if metric not in METRICS:
@@ -195,11 +208,12 @@ def make_record(
     if seeds is not None and len(seeds) != len(values):
         raise ResultsError(f"{metric}: {len(values)} values for {len(seeds)} seeds")
     mean, std = _mean_std([float(v) for v in values])
-    return {
+    record = {
         "schema": SCHEMA_VERSION,
         "entry": entry,
         "scale": scale,
         "stage": stage,
+        "overrides": overrides or {},
         "model": dict(model),
         "metric": metric,
         "metric_version": METRICS[metric]["version"],
@@ -216,6 +230,7 @@ def make_record(
         "wall_time_s": wall_time_s,
         "created": datetime.now(UTC).isoformat(),
     }
+    return {name: record[name] for name in RECORD_FIELDS}
 
 
 def _resolve(path_or_dir) -> Path:
@@ -226,7 +241,7 @@ def _resolve(path_or_dir) -> Path:
 @contextlib.contextmanager
 def store_lock(path: Path):
     """An exclusive lock shared by every writer of the store at `path` (a sidecar `.NAME.lock`, not the store itself:
-    the runner replaces the store's file when it merges, and a lock on a replaced file would guard nothing)."""
+    `merge` replaces the store's file, and a lock on a replaced file would guard nothing)."""
     with open(path.with_name(f".{path.name}.lock"), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -251,6 +266,34 @@ def append(path, records: list[dict]) -> Path:
     return path
 
 
+def merge(path, stage_records: dict[str, Path]) -> Path:
+    """Merge the records of finished stages (stage id -> its records.jsonl) into the store at `path` (a JSONL file
+    or a run directory), atomically and under the store's lock.
+
+    The store only grows: a stage's records replace that same stage's earlier records, and every other line
+    (other entries, other configs, other overrides, lines this reader cannot parse) is kept as it is. The notebooks
+    choose among an entry's records by their `overrides` (default: none) and, among equals, the newest."""
+    path = _resolve(path)
+    new = {sid: [ln for ln in Path(f).read_text().splitlines() if ln.strip()] for sid, f in stage_records.items()}
+    with store_lock(path):  # `evaluate --results RUN` may append meanwhile
+        kept = []
+        if path.exists():
+            for ln in path.read_text(errors="replace").splitlines():
+                if not ln.strip():
+                    continue
+                try:
+                    stage = json.loads(ln).get("stage")
+                except (ValueError, AttributeError):
+                    stage = None  # not ours to judge: kept verbatim (`read` names the line)
+                if stage not in new:
+                    kept.append(ln)
+        lines = kept + [ln for recs in new.values() for ln in recs]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in lines))
+        os.replace(tmp, path)
+    return path
+
+
 def _nan_to_none(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -259,32 +302,6 @@ def _nan_to_none(x):
     if isinstance(x, list):
         return [_nan_to_none(v) for v in x]
     return x
-
-
-_COLUMNS = [
-    "schema",
-    "entry",
-    "scale",
-    "stage",
-    "overrides",
-    "model.path",
-    "model.hub_id",
-    "model.sha256",
-    "metric",
-    "metric_version",
-    "higher_is_better",
-    "values",
-    "seeds",
-    "mean",
-    "std",
-    "n_examples",
-    "settings",
-    "scorer",
-    "versions",
-    "git_commit",
-    "wall_time_s",
-    "created",
-]
 
 
 def _expected_overrides(overrides, scale: str | None) -> dict[str, str]:
@@ -329,16 +346,16 @@ def read(path_or_dir, *, overrides=None, scale: str | None = None):
         if rec["schema"] != SCHEMA_VERSION:
             raise ResultsError(f"{path}:{lineno}: schema {rec['schema']!r}, this reader knows {SCHEMA_VERSION}")
         model = rec.pop("model", None) or {}
-        rec.update({f"model.{k}": model.get(k) for k in ("path", "hub_id", "sha256")})
+        rec.update({f"model.{k}": model.get(k) for k in MODEL_FIELDS})
         rec["overrides"] = overrides_key(rec.get("overrides"))
         rows.append(rec)
     if overrides is not None:
         wanted = _expected_overrides(overrides, scale)
         rows = [r for r in rows if r["overrides"] == wanted.get(r.get("entry"), overrides_key(overrides))]
     if not rows:
-        return pd.DataFrame(columns=_COLUMNS)
+        return pd.DataFrame(columns=list(COLUMNS))
     df = pd.DataFrame(rows)
-    return df[[c for c in _COLUMNS if c in df.columns] + [c for c in df.columns if c not in _COLUMNS]]
+    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,6 +378,17 @@ SAMPLE_FIELDS = (
     "gold_nll",
     "gold_tokens",
 )
+
+
+def write_samples(path, rows: list[dict]) -> Path:
+    """An evaluation's per-example samples (`rows`, fields SAMPLE_FIELDS) as JSON lines (NaN as null), replacing
+    `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(_nan_to_none(row), ensure_ascii=False, allow_nan=False) + "\n")
+    return path
 
 
 def _log_ppl(nll, tokens):

@@ -37,9 +37,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from benchmark import BenchmarkError, registry, results
+from benchmark import BenchmarkError, registry, results, scales
+from benchmark.config import resolve
 from benchmark.data import file_manifest, manifest_problems
-from benchmark.plan import DONE_FILE, Plan, Stage, build_plan, describe, stage_status, write_stage_spec
+from benchmark.plan import CONFIG_KIND, DONE_FILE, Plan, Stage, build_plan, describe, stage_status, write_stage_spec
 from benchmark.plan import __doc__ as plan_doc
 
 FAILED_FILE = "FAILED.json"  # written by a stage that raised: what failed and what to do
@@ -224,34 +225,14 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def merge_results(plan: Plan, run_dir: Path) -> Path:
-    """Merge the records of every finished evaluate stage of `plan` into RUN/results.jsonl (atomically).
-
-    The store only grows: a finished stage's records replace that same stage's earlier records, and every other
-    record (other entries, other configs, other overrides, lines this reader cannot parse) is kept as it is. The
-    notebooks choose among an entry's records by their `overrides` (default: none) and, among equals, the newest."""
-    finished: dict[str, list[str]] = {}
+    """Merge the records of every finished evaluate stage of `plan` into RUN/results.jsonl (`results.merge`: a
+    stage's records replace its own earlier ones, every other record is kept)."""
+    finished = {}
     for s in plan.by_kind("evaluate"):
         d = run_dir / "stages" / s.dirname
         if (d / DONE_FILE).exists() and (d / "records.jsonl").exists():
-            finished[s.id] = [ln for ln in (d / "records.jsonl").read_text().splitlines() if ln.strip()]
-    store = run_dir / "results.jsonl"
-    with results.store_lock(store):  # `evaluate --results RUN` may append meanwhile
-        kept = []
-        if store.exists():
-            for ln in store.read_text(errors="replace").splitlines():
-                if not ln.strip():
-                    continue
-                try:
-                    stage = json.loads(ln).get("stage")
-                except (ValueError, AttributeError):
-                    stage = None  # not ours to judge: kept verbatim (results.read names the line)
-                if stage not in finished:
-                    kept.append(ln)
-        lines = kept + [ln for recs in finished.values() for ln in recs]
-        tmp = store.with_name(".results.jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in lines))
-        os.replace(tmp, store)
-    return store
+            finished[s.id] = d / "records.jsonl"
+    return results.merge(run_dir / "results.jsonl", finished)
 
 
 def _reusable(plan: Plan, run_dir: Path, status: dict[str, str], redo: set[str], progress: bool) -> None:
@@ -584,29 +565,28 @@ def execute_stage(stage_dir: Path) -> None:
 def _execute(stage_dir: Path) -> None:
     spec = json.loads((stage_dir / "stage.json").read_text())
     kind, inputs, cfg = spec["kind"], spec["inputs"], spec["config"]
+    # stage.json holds every field of the stage's config, so `resolve` rebuilds exactly the plan's config
+    settings = resolve(CONFIG_KIND[kind], spec["scale"], cfg[CONFIG_KIND[kind]]) if kind in CONFIG_KIND else None
     t0 = time.time()
     if kind == "data":
         _execute_data(spec, stage_dir)
     elif kind == "sft":
-        from benchmark.config import SFTConfig
-        from benchmark.train import train_sft
+        from benchmark.sft import train_sft
 
-        model_spec = registry.ModelSpec(**cfg["model"])
-        train_sft(model_spec, inputs["data"], stage_dir, _config(SFTConfig, cfg["sft"]), progress=False)
+        model_spec = scales.ModelSpec(**cfg["model"])
+        train_sft(model_spec, inputs["data"], stage_dir, settings, progress=False)
     elif kind == "distill":
-        from benchmark.config import MiniLLMConfig
-        from benchmark.train import train_minillm
+        from benchmark.minillm import train_minillm
 
         train_minillm(
             inputs["student"],
             inputs["teacher"],
             inputs["data"],
             stage_dir,
-            _config(MiniLLMConfig, cfg["minillm"]),
+            settings,
             progress=False,
         )
     elif kind == "evaluate":
-        from benchmark.config import EvalConfig
         from benchmark.data import load_prepared
         from benchmark.evaluate import evaluate_model
 
@@ -617,7 +597,7 @@ def _execute(stage_dir: Path) -> None:
         records = evaluate_model(
             inputs["model"],
             load_prepared(inputs["data"]),
-            _config(EvalConfig, cfg["evaluation"]),
+            settings,
             scorer=inputs["scorer"],
             entry=spec["entry"],
             scale=spec["scale"],
@@ -643,16 +623,6 @@ def _execute(stage_dir: Path) -> None:
             "files": output_files(stage_dir),
         }
         _write_json_atomic(stage_dir / DONE_FILE, done)
-
-
-def _config(cls, values: dict):
-    """A stage config from its stage.json values (the config classes turn JSON lists back into tuples)."""
-    from benchmark.config import GenerationSettings
-
-    kw = dict(values)
-    if isinstance(kw.get("generation"), dict):
-        kw["generation"] = GenerationSettings(**kw["generation"])
-    return cls(**kw)
 
 
 def _execute_data(spec: dict, stage_dir: Path) -> None:
@@ -783,74 +753,6 @@ def entry_summary(plan: Plan, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _read_json(path: Path, stage: Stage) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RunError(
-            f"{path} is unreadable ({exc}); redo its stage: python -m benchmark run ... --redo {stage.name}"
-        ) from None
-
-
-def stage_report(plan: Plan, run_dir: Path) -> str:
-    """Markdown: each SFT model's validation perplexity and greedy ROUGE-L (the sizes of a family should be ordered,
-    teacher best) and each hop's reverse KL to its teacher before -> after (it should fall): MiniLLM's sequence-level
-    objective on student samples of the validation prompts, and teacher-forced on the gold responses."""
-    lines = [
-        "## SFT models (validation split; selected checkpoint)",
-        "",
-        "| family | size | role | parameters | val perplexity | greedy ROUGE-L |",
-        "|---|---|---|---|---|---|",
-    ]
-
-    def summaries(kind: str):  # (stage, summary.json) of the kind's stages trained in this run
-        for s in plan.by_kind(kind):
-            f = run_dir / "stages" / s.dirname / "summary.json"
-            if not s.source and f.exists():
-                yield s, _read_json(f, s)
-
-    for s, summ in summaries("sft"):
-        sel = summ.get("selected", {})
-        lines.append(
-            f"| {s.family} | {s.config['size']} | {s.config['role']} | {sel.get('parameters', 0):,} | "
-            f"{sel.get('val_ppl', float('nan')):.3f} | {sel.get('val_rouge_l_greedy', float('nan')):.2f} |"
-        )
-    lines += [
-        "",
-        "## MiniLLM hops (reverse KL of the student to its teacher, before -> after the hop)",
-        "",
-        "Sequence: MiniLLM's objective KL(q||p) over responses, per response: on every validation prompt, one student",
-        "sample per seed, each scored by sum_t KL(q||p) at its sampled contexts (exact over the vocabulary); mean over",
-        "prompts and seeds, with the change per seed. Held-out: KL(q||p) per token at every position of the",
-        "validation split's gold responses (teacher-forced, deterministic, paired).",
-        "",
-        "| hop | sequence before | sequence after | change | change per seed | length before -> after "
-        "| held-out before | held-out after | change | selected step | val ROUGE-L |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    nan = {"per_response": float("nan"), "mean_length": float("nan"), "per_seed": []}
-    for s, summ in summaries("distill"):
-        best = summ["best"]
-        h, q = summ.get("heldout_rev_kl") or {}, summ.get("sequence_rev_kl") or {}
-        a, b = h.get("init", float("nan")), h.get("selected", float("nan"))
-        qa, qb = q.get("init", nan), q.get("selected", nan)
-        seeds = ", ".join(f"{100 * (y - x) / x:+.1f} %" for x, y in zip(qa["per_seed"], qb["per_seed"]))
-        lines.append(
-            f"| {'>'.join(s.config['path'])} ({s.family}) | {qa['per_response']:.3f} | {qb['per_response']:.3f} | "
-            f"{100 * (qb['per_response'] - qa['per_response']) / qa['per_response']:+.1f} % | {seeds} | "
-            f"{qa['mean_length']:.2f} -> {qb['mean_length']:.2f} | {a:.4f} | {b:.4f} | {100 * (b - a) / a:+.1f} % | "
-            f"{best['step']} | {best['val_rouge_l']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _relative(path: Path) -> str:
-    """A path as written into committed files: relative to the repository (a reader's checkout has no such path)."""
-    from benchmark.notebooks import REPO
-
-    return os.path.relpath(Path(path).resolve(), REPO)
-
-
 def cmd_reproduce(args) -> int:
     cmd_run(args)
     from benchmark.notebooks import run_notebooks
@@ -859,9 +761,6 @@ def cmd_reproduce(args) -> int:
     run_dir = _run_dir(args)
     artefacts = [a for a in registry.ARTEFACTS if a in args.targets] or list(registry.ARTEFACTS)
     out = run_notebooks(run_dir, args.scale, artefacts=tuple(artefacts), overrides=plan.overrides)
-    (out / "stages.md").write_text(
-        f"# Stages of {_relative(run_dir)} (scale {args.scale})\n\n" + stage_report(plan, run_dir)
-    )
     print(f"tables and figure: {out}")
     return 0
 
@@ -1024,7 +923,7 @@ def add_cli(sub) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("targets", nargs="+", help="table1..table4, figure2, all, a family, or entry keys")
-        p.add_argument("--scale", default="paper", choices=list(registry.SCALES), help="paper, small or tiny")
+        p.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="paper, small or tiny")
         p.add_argument("--out", help="run directory (default runs/<scale>)")
         p.add_argument(
             "--retrain-one-step",
@@ -1069,7 +968,7 @@ def add_cli(sub) -> None:
     )
     p.add_argument("targets", nargs="*", help="optional: tables or entry keys whose stages to list")
     p.add_argument("--out", required=True, help="the run directory")
-    p.add_argument("--scale", default="paper", choices=list(registry.SCALES), help="scale of the targets")
+    p.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="scale of the targets")
     p.add_argument("--set", dest="overrides", action="append", metavar="KIND=JSON", help="as for run")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("_stage")

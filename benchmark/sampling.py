@@ -12,7 +12,8 @@ The one deliberate difference is the draw. The reference calls `torch.multinomia
 token depends on every other row in the batch (ref §5.1: "sampling depends on the global torch seed *and* the batch
 composition"). Here each row owns a `torch.Generator` (`example_generators`) that gives one uniform per step, and the
 token is found by inverse CDF on that row's cumulative probabilities. A row's draws then depend only on its own
-generator and logits: batch size and batch neighbours change nothing.
+generator and logits: batch size and batch neighbours change nothing. `sample_prompts` is the batching around it
+that rollouts, validation and evaluation share: pad, drop the all-padding columns, one generator per example.
 
     >>> out = sample(model, ids, mask, GenerationSettings(max_new_tokens=64), eos_token_id=eos,
     ...              generators=example_generators(10, [0, 1]), mix_model=teacher, mix_alpha=0.2,
@@ -26,6 +27,7 @@ output's `.cache` is the updated cache (`past_key_values` is the deprecated name
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +43,19 @@ from transformers.generation.logits_process import (
 
 from benchmark.config import GenerationSettings
 
-__all__ = ["SampleOutput", "example_generators", "forward_logits", "left_pad", "position_ids", "sample"]
+__all__ = [
+    "SampleOutput",
+    "example_generators",
+    "forward_logits",
+    "labelled_logits",
+    "left_pad",
+    "position_ids",
+    "response_logits",
+    "response_width",
+    "sample",
+    "sample_prompts",
+    "trim_left_padding",
+]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.LongTensor:
@@ -119,6 +133,17 @@ def forward_logits(model, input_ids, attention_mask, logits_to_keep: int | None 
         logits_to_keep=logits_to_keep or 0,
     )
     return out.logits
+
+
+def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """The logits at the positions that predict each response token, [B, T, V]: one full forward of the prompts
+    (their all-padding columns dropped) followed by the responses, keeping the last T + 1 positions. How rollouts
+    are rescored, the PPO epochs score them and the KL measures read both models (ref §1.3 steps 2-3)."""
+    prompt_ids, prompt_mask = trim_left_padding(prompt_ids, prompt_mask)
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
+    logits = forward_logits(model, ids, mask, logits_to_keep=response_ids.shape[1] + 1)
+    return logits[:, :-1]
 
 
 @dataclass
@@ -301,3 +326,43 @@ def sample(
         student_logprobs=s_lp,
         teacher_logprobs=t_lp,
     )
+
+
+def sample_prompts(
+    model,
+    prompts: Sequence[Sequence[int]],
+    example_ids: Sequence[int],
+    settings: GenerationSettings,
+    *,
+    seed: int,
+    eos_token_id: int,
+    max_prompt_length: int,
+    batch_size: int,
+    device,
+    mix_model=None,
+    mix_alpha: float = 0.0,
+    return_logprobs: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, SampleOutput]]:
+    """The one generation loop (rollouts, validation, the KL measures, test-time evaluation): `prompts` in batches
+    of `batch_size`, each left-padded with EOS to `max_prompt_length` (longer prompts keep their first tokens, ref
+    §5.1) on `device`, decoded by `sample` without the columns that are padding in every row, prompt i drawing from
+    the generator of (seed, example_ids[i]). An example's tokens therefore depend on the seed, its id and the
+    model only, never on the batch. Yields (the batch's example ids, its prompt ids, prompt mask, SampleOutput)
+    with the prompts padded to max_prompt_length, as rollouts store them."""
+    if len(prompts) != len(example_ids):
+        raise ValueError(f"{len(example_ids)} example ids for {len(prompts)} prompts")
+    for start in range(0, len(prompts), batch_size):
+        ids = list(example_ids[start : start + batch_size])
+        p_ids, p_mask = left_pad(prompts[start : start + batch_size], eos_token_id, max_prompt_length)
+        p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+        out = sample(
+            model,
+            *trim_left_padding(p_ids, p_mask),
+            settings,
+            eos_token_id=eos_token_id,
+            generators=example_generators(seed, ids),
+            mix_model=mix_model,
+            mix_alpha=mix_alpha,
+            return_logprobs=return_logprobs,
+        )
+        yield ids, p_ids, p_mask, out

@@ -826,9 +826,9 @@ def prepare_synthetic(
     `pt_seq_len` and `max_prompt_length` default to the scale's MiniLLM `pt_seq_length` and SFT
     `max_prompt_length` overrides (registry), so the data matches what the trainer reads.
     """
-    from benchmark import data, registry
+    from benchmark import data, scales
 
-    sc = registry.scale(scale_name)
+    sc = scales.scale(scale_name)
     if not sc.synthetic_records:
         raise data.DataError(f"scale {scale_name!r} does not use synthetic data; use `python -m benchmark data dolly`")
     pt_seq_len = pt_seq_len or sc.minillm.get("pt_seq_length", PT_SEQ_LEN)

@@ -1,4 +1,5 @@
-"""Intervals, paired differences to the one-step baseline, power and figures for the paper's tables (notebooks/).
+"""Intervals, paired differences to the one-step baseline, power and figures for the paper's tables (notebooks/),
+and the paper's Figure 1.
 
     from benchmark import checks, results, tables
     df, samples = results.read("runs/small"), results.read_samples("runs/small")
@@ -9,6 +10,7 @@
     tables.detectable(diffs)                       # the smallest difference this run (or one seed) could detect
     tables.corpus_perplexity(samples[samples.entry == "opt/13B"])  # token-level perplexity per seed
     tables.forest_plot({"ROUGE-L": diffs}, "gpt2", "differences_gpt2.png")
+    tables.draw_figure1("paper_tables/figure1.png")  # the paper's Figure 1, drawn from the registry's entries
 
 What the numbers are:
 
@@ -33,6 +35,7 @@ What the numbers are:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +47,7 @@ from benchmark import registry, stats
 
 __all__ = [
     "DIFF_COLUMNS",
+    "FAMILY_NAME",
     "PAPER_PROMPTS",
     "SINGLE_SEED",
     "cell_intervals",
@@ -51,6 +55,7 @@ __all__ = [
     "detectable",
     "detectable_line",
     "differences",
+    "draw_figure1",
     "figure2_plot",
     "forest_plot",
     "one_step_baseline",
@@ -281,8 +286,9 @@ def detectable_line(power: Mapping, unit: str, *, log_scale: bool = False) -> st
 # Figures
 # --------------------------------------------------------------------------------------------------------------
 
-_FAMILY_NAME = {"gpt2": "GPT-2", "opt": "OPT"}
+FAMILY_NAME = {"gpt2": "GPT-2", "opt": "OPT"}  # as the paper writes them
 _KIND_COLOUR = {"teacher": "#757575", "one-step (MiniLLM)": "#d6604d", "multi-step (ours)": "#2166ac"}
+_ROLE_COLOUR = {"teacher": "#1f4e79", "TA": "#5b9bd5", "student": "#c9def2"}  # Figure 1's boxes
 
 
 def _short(entry_key: str) -> str:
@@ -369,7 +375,7 @@ def forest_plot(
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     where = f"scale {scale}; " if scale else ""
     fig.suptitle(
-        f"{_FAMILY_NAME.get(family, family)}: every multi-step path minus its one-step baseline "
+        f"{FAMILY_NAME.get(family, family)}: every multi-step path minus its one-step baseline "
         f"({where}paired bootstrap over examples)",
         fontsize=11,
     )
@@ -499,3 +505,84 @@ def figure2_plot(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=150)
     return fig
+
+
+def draw_figure1(out: str | Path) -> Path:
+    """Figure 1 of the paper (one-step vs multi-step distillation) drawn from `registry.ENTRIES`: one row per family,
+    the one-step paths (MiniLLM) on the left and the multi-step paths (ours) on the right; each box is a model (x =
+    its size in the family), each arrow one MiniLLM hop minimising KL(q_theta || p). Returns the written file."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyBboxPatch
+
+    families = list(registry.FAMILIES)
+    groups = {
+        fam: (
+            [e for e in registry.ENTRIES.values() if e.family == fam and e.hops == 1],
+            [e for e in registry.ENTRIES.values() if e.family == fam and e.hops >= 2],
+        )
+        for fam in families
+    }
+    n_rows = [max(len(one), len(multi)) for one, multi in groups.values()]
+    fig = Figure(figsize=(15, 1.0 + 1.05 * sum(n_rows)))
+    axes = fig.subplots(len(families), 2, gridspec_kw={"height_ratios": n_rows}, squeeze=False)
+    for r, fam in enumerate(families):
+        sizes = registry.FAMILIES[fam].sizes
+        for c, (entries, title) in enumerate(
+            zip(groups[fam], ("MiniLLM: one-step distillation", "Ours: multi-step distillation through TAs"))
+        ):
+            ax = axes[r][c]
+            ax.set_xlim(-0.55, len(sizes) + 0.9)
+            ax.set_ylim(-0.6, n_rows[r] - 0.4)
+            ax.invert_yaxis()
+            ax.axis("off")
+            ax.set_title(f"{FAMILY_NAME.get(fam, fam)} — {title}", fontsize=12, loc="left")
+            for y, e in enumerate(entries):
+                xs = [sizes.index(s) for s in e.path]
+                for i, (x, size) in enumerate(zip(xs, e.path)):
+                    role = "teacher" if i == 0 else ("student" if i == len(e.path) - 1 else "TA")
+                    ax.add_patch(
+                        FancyBboxPatch(
+                            (x - 0.32, y - 0.28),
+                            0.64,
+                            0.56,
+                            boxstyle="round,pad=0.02",
+                            facecolor=_ROLE_COLOUR[role],
+                            edgecolor="#1f1f1f",
+                            linewidth=0.8,
+                        )
+                    )
+                    ax.text(
+                        x,
+                        y,
+                        f"{size}\n{role}",
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="white" if role == "teacher" else "black",
+                    )
+                for x0, x1 in itertools.pairwise(xs):
+                    ax.annotate(
+                        "",
+                        xy=(x1 - 0.34, y),
+                        xytext=(x0 + 0.34, y),
+                        arrowprops={"arrowstyle": "-|>", "color": "#c0392b", "lw": 1.6},
+                    )
+                ax.text(
+                    len(sizes) - 0.5,
+                    y,
+                    f"{e.key}\nROUGE-L {e.published.rouge_l:.2f} ({e.published.rouge_l_source})",
+                    ha="left",
+                    va="center",
+                    fontsize=8.5,
+                    family="monospace",
+                )
+    fig.suptitle(
+        "Figure 1 (drawn from benchmark.registry): every registered path; boxes are models, each red arrow one MiniLLM "
+        "hop minimising the reverse KL(q_θ‖p)",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out

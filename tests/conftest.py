@@ -4,7 +4,7 @@
                         `<|endoftext|>` is bos = eos = pad, padding_side="left"
     tiny_tokenizer      that tokenizer loaded with AutoTokenizer (its `name_or_path` is the directory)
     tiny_gpt2           GPT2LMHeadModel, 2 layers, 32 dims, n_positions 512, random weights (seed 0), eval mode
-    tiny_opt            OPTForCausalLM, same sizes, random weights (seed 1), eval mode
+    tiny_opt            OPTForCausalLM, same sizes (FFN 4 x 32, as every OPT), random weights (seed 1), eval mode
 
 No network: everything is built from configs. Models are function-scoped (cheap) so a test may modify its copy.
 """
@@ -15,6 +15,8 @@ import os
 
 import pytest
 import torch
+
+from benchmark.scales import ModelSpec, build_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,44 +69,26 @@ def tiny_tokenizer(tiny_tokenizer_dir):
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
-def _ids(tokenizer) -> dict[str, int]:
-    return dict(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+# The fixtures' sizes, built by the one model builder (benchmark.scales) as the small/tiny scales' models are.
+TINY_GPT2 = ModelSpec(arch="gpt2", size="test", n_layer=2, n_embd=32, n_head=2)
+TINY_OPT = ModelSpec(arch="opt", size="test", n_layer=2, n_embd=32, n_head=2)
 
 
-def _seeded(seed: int, build):
+def tiny_model(spec: ModelSpec, tokenizer, seed: int):
+    """`spec` on the tokenizer with N_POSITIONS positions, random weights (`seed`), eval mode; the global RNG is left
+    as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build().eval()
+        return build_model(spec, tokenizer, n_positions=N_POSITIONS, seed=seed).eval()
 
 
 @pytest.fixture
 def tiny_gpt2(tiny_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=len(tiny_tokenizer), n_positions=N_POSITIONS, n_layer=2, n_embd=32, n_head=2, **_ids(tiny_tokenizer)
-    )
-    return _seeded(0, lambda: GPT2LMHeadModel(cfg))
+    return tiny_model(TINY_GPT2, tiny_tokenizer, seed=0)
 
 
 @pytest.fixture
 def tiny_opt(tiny_tokenizer):
-    from transformers import OPTConfig, OPTForCausalLM
-
-    cfg = OPTConfig(
-        vocab_size=len(tiny_tokenizer),
-        max_position_embeddings=N_POSITIONS,
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=2,
-        ffn_dim=64,
-        word_embed_proj_dim=32,
-        do_layer_norm_before=True,
-        **_ids(tiny_tokenizer),
-    )
-    return _seeded(1, lambda: OPTForCausalLM(cfg))
+    return tiny_model(TINY_OPT, tiny_tokenizer, seed=1)
 
 
 def run_data_cli(argv: list[str]) -> int:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import registry
+from benchmark import scales
 from benchmark.config import SFTConfig, for_scale
-from benchmark.train import train_sft
+from benchmark.sft import train_sft
 
 pytestmark = pytest.mark.slow
-TINY = registry.scale("tiny")
+TINY = scales.scale("tiny")
 CFG = for_scale(SFTConfig, TINY.sft, total_steps=12, eval_interval=4, checkpoint_interval=4, lr=1e-2)
 
 

@@ -208,6 +208,15 @@ def test_perplexity_claims_prefer_lower():
     assert claim.evaluate(pub | {"opt/13B>6.7B>1.3B": 11.0}) == "fail"
 
 
+def test_which_side_is_better_comes_from_results_metrics(monkeypatch):
+    from benchmark import results
+
+    assert (checks.higher_is_better("rouge_l"), checks.higher_is_better("perplexity")) == (True, False)
+    claim = next(c for c in checks.CLAIMS if c.id == "opt-ppl-three-step-lowest-for-1.3b")
+    monkeypatch.setitem(results.METRICS["perplexity_samples"], "higher_is_better", True)
+    assert claim.evaluate(checks.published("perplexity")) == "fail"  # the lowest perplexity is no longer the best
+
+
 def test_relations():
     v = {"a": 1.0, "b": 2.0, "c": 3.0, "ta": 1.0, "tb": 2.0, "sa": 5.0, "sb": 6.0}
     assert checks.Beats((("c", "a"), ("b", "a"))).holds(v, higher=True)

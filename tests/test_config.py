@@ -9,6 +9,9 @@ functions with the default config's values against naive formulas written with t
 so a wrong default fails twice: in the table and in the maths it feeds. The optimizer and LR schedule the trainer
 builds from these defaults are read back in tests/test_train.py.
 
+Then `resolve`, the one merge of a scale's values and a run's overrides: what the plan, the runner and
+`python -m benchmark train` get.
+
 Fast: no models.
 """
 
@@ -23,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import config, registry
+from benchmark import config, scales
 from benchmark import losses as L
 from benchmark.config import EvalConfig, GenerationSettings, MiniLLMConfig, SFTConfig, deepspeed_config
 
@@ -184,7 +187,7 @@ def test_default_advantages_discount_by_0_95_normalise_by_length_and_whiten_over
     adv = L.minillm_advantages(r, mask, cfg.gamma, cfg.length_normalization)
     naive = _naive_advantages(r.tolist(), mask.tolist())
     np.testing.assert_allclose(adv.numpy(), naive, rtol=1e-10, atol=1e-12)
-    white = L.whiten(adv, mask, include_padding=cfg.whiten_include_padding, shift_mean=True, distributed=False)
+    white = L.whiten(adv, mask, include_padding=cfg.whiten_include_padding)
     # ref utils.py::whiten over the padded tensor: every element (the padding's zeros too) in the statistics
     np.testing.assert_allclose(white.numpy(), (naive - naive.mean()) / math.sqrt(naive.var() + 1e-8), rtol=1e-8)
 
@@ -385,18 +388,16 @@ def test_json_values_are_normalised_without_changing_hashes():
     hash(lr)  # frozen configs stay hashable (no lists inside)
 
 
-def test_registry_scales_and_defaults_validate():
+def test_scales_and_defaults_validate():
     for cls in CLASSES:
         cls()
-    for sc in registry.SCALES.values():
-        for cls, overrides in ((SFTConfig, sc.sft), (MiniLLMConfig, sc.minillm), (EvalConfig, sc.evaluation)):
-            cfg = config.for_scale(cls, overrides)
+    for sc in scales.SCALES.values():
+        for kind in config.KINDS:
+            cfg = config.resolve(kind, sc.name)
             assert dataclasses.replace(cfg) == cfg  # validation is idempotent
         for family, sizes in sc.models.items():
             for size in sizes:
-                spec = sc.model(family, size)
-                if spec.sft_lr is not None:
-                    config.for_scale(SFTConfig, sc.sft, lr=spec.sft_lr, select_by="rouge_l")
+                config.resolve("sft", sc.name, model=sc.model(family, size), role="teacher")
 
 
 def test_a_numeric_field_without_a_range_is_a_programming_error():
@@ -409,3 +410,126 @@ def test_a_numeric_field_without_a_range_is_a_programming_error():
 
     with pytest.raises(TypeError, match=r"Unchecked.steps has no range"):
         Unchecked()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resolve(): the one merge of defaults, scale values, a model's own values and a run's overrides
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_resolve_merges_nested_overrides_into_the_scales_nested_values():
+    cfg = config.resolve("minillm", "small", {"generation": {"temperature": 0.9}})
+    assert cfg.generation == GenerationSettings(max_new_tokens=48, temperature=0.9)  # the scale's 48, not 256
+    assert cfg.total_steps == 32 and cfg.lr == 1e-4  # the scale's other values stay
+    ev = config.resolve("evaluation", "small", {"generation": {"top_k": 5}})
+    assert ev.generation == GenerationSettings(max_new_tokens=48, no_repeat_ngram_size=6, top_k=5)  # ref §5.1 stays
+    assert config.resolve("minillm", "paper") == MiniLLMConfig()  # paper scale overrides nothing
+
+
+def test_resolve_sft_takes_the_models_lr_and_the_roles_selection():
+    spec = scales.scale("small").model("opt", "2.7B")
+    teacher = config.resolve("sft", "small", model=spec, role="teacher")
+    init = config.resolve("sft", "small", model=spec, role="init")
+    assert teacher.lr == init.lr == spec.sft_lr == 4.4e-3
+    assert (teacher.select_by, init.select_by) == ("rouge_l", "val_loss")  # ref §3.1
+    assert teacher.pretrain_steps == 200  # the scale's values stay
+    assert config.resolve("sft", "small", {"lr": 1e-3}, model=spec).lr == 1e-3  # a run's override comes last
+    with pytest.raises(config.ConfigError, match="only sft configs"):
+        config.resolve("minillm", "small", role="teacher")
+
+
+def _plan_config(plan, stage_kind: str, **match):
+    (stage,) = [s for s in plan.by_kind(stage_kind) if all(s.config.get(k) == v for k, v in match.items())]
+    return stage.config
+
+
+def test_every_stage_of_the_plan_carries_resolves_config():
+    from benchmark.plan import build_plan
+
+    overrides = {"minillm": {"generation": {"temperature": 0.9}}, "evaluation": {"batch_size": 4}}
+    for scale in ("tiny", "small"):
+        plan = build_plan(["all"], scale, overrides=overrides)
+        for s in plan.stages.values():
+            if s.kind == "sft":
+                spec = scales.scale(scale).model(s.family, s.config["size"])
+                want = config.resolve("sft", scale, model=spec, role=s.config["role"])
+                assert s.config["sft"] == config.to_dict(want)
+            elif s.kind == "distill":
+                assert s.config["minillm"] == config.to_dict(config.resolve("minillm", scale, overrides["minillm"]))
+            elif s.kind == "evaluate":
+                want = config.resolve("evaluation", scale, overrides["evaluation"])
+                assert s.config["evaluation"] == config.to_dict(want)
+
+
+class _Stop(Exception):
+    """Raised by a stand-in trainer once it has the config it was handed."""
+
+
+def _train_cli(monkeypatch, argv: list[str], tmp_path) -> object:
+    """The config `python -m benchmark train ARGV` hands to its trainer (which is not run)."""
+    from benchmark import train
+    from benchmark.__main__ import main
+
+    got = []
+
+    def trainer(*args, **kwargs):
+        got.append(next(a for a in args if isinstance(a, SFTConfig | MiniLLMConfig)))
+        raise _Stop
+
+    monkeypatch.setattr(train, "train_sft", trainer)
+    monkeypatch.setattr(train, "train_minillm", trainer)
+    with pytest.raises(_Stop):
+        main(["train", *argv, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    return got[0]
+
+
+def test_train_cli_minillm_keeps_the_scales_nested_values_as_the_plan_does(monkeypatch, tmp_path):
+    from benchmark.plan import build_plan
+
+    text = '{"generation": {"temperature": 0.9}}'
+    argv = ["minillm", "--scale", "small", "--student", "s", "--teacher", "t", "--set", text]
+    cfg = _train_cli(monkeypatch, argv, tmp_path)
+    assert cfg.generation.max_new_tokens == 48 and cfg.generation.temperature == 0.9
+    plan = build_plan(["gpt2/1.5B>760M"], "small", overrides={"minillm": json.loads(text)})
+    assert config.to_dict(cfg) == _plan_config(plan, "distill", path=["1.5B", "760M"])["minillm"]
+
+
+@pytest.mark.parametrize(("size", "role", "select_by"), [("1.5B", "teacher", "rouge_l"), ("760M", "init", "val_loss")])
+def test_train_cli_sft_selects_as_the_plan_does(monkeypatch, tmp_path, size, role, select_by):
+    from benchmark.plan import build_plan
+
+    cfg = _train_cli(monkeypatch, ["sft", "--scale", "small", "--model", f"gpt2:{size}"], tmp_path)
+    assert cfg.select_by == select_by
+    plan = build_plan(["gpt2/1.5B>760M"], "small")
+    assert config.to_dict(cfg) == _plan_config(plan, "sft", size=size, role=role)["sft"]
+
+
+def test_train_cli_sft_role_option(monkeypatch, tmp_path):
+    model = tmp_path / "base"  # a local base model: its role is not known from a FAMILY:SIZE
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    argv = ["sft", "--scale", "small", "--model", str(model)]
+    assert _train_cli(monkeypatch, argv, tmp_path).select_by == "val_loss"
+    assert _train_cli(monkeypatch, [*argv, "--role", "teacher"], tmp_path).select_by == "rouge_l"
+    assert _train_cli(monkeypatch, ["sft", "--model", "gpt2:1.5B", "--role", "init"], tmp_path).select_by == "val_loss"
+
+
+def test_the_runner_executes_the_config_of_the_stage_in_the_plan(monkeypatch, tmp_path):
+    from benchmark import runner
+    from benchmark.plan import build_plan, write_stage_spec
+
+    plan = build_plan(["gpt2/1.5B>760M"], "tiny", overrides={"minillm": {"generation": {"temperature": 0.9}}})
+    got = []
+
+    def resolve(*args, **kwargs):
+        got.append(config.resolve(*args, **kwargs))
+        raise _Stop
+
+    monkeypatch.setattr(runner, "resolve", resolve)
+    for stage in plan.stages.values():
+        if stage.kind == "data":
+            continue
+        with pytest.raises(_Stop):
+            runner.execute_stage(write_stage_spec(stage, plan, tmp_path))
+        key = {"sft": "sft", "distill": "minillm", "evaluate": "evaluation"}[stage.kind]
+        assert config.to_dict(got.pop()) == stage.config[key]

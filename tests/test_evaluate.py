@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from benchmark import evaluate, results
+from benchmark import engine, evaluate, results
 from benchmark.config import EvalConfig
 from benchmark.evaluate import (
     EvaluationError,
@@ -186,14 +186,16 @@ def test_eval_settings_reach_the_sampler(tiny_gpt2, tiny_tokenizer, monkeypatch)
         default.no_repeat_ngram_size,
         default.max_new_tokens,
     ) == (True, 1.0, 0, 1.0, 6, 256)
+    from benchmark import sampling
+
     calls = []
-    real = evaluate.sample
+    real = sampling.sample
 
     def spy(model, ids, mask, settings, **kw):
         calls.append((ids, mask, settings, kw))
         return real(model, ids, mask, settings, **kw)
 
-    monkeypatch.setattr(evaluate, "sample", spy)
+    monkeypatch.setattr(sampling, "sample", spy)
     cfg = _cfg(batch_size=2)
     generate_responses(
         tiny_gpt2,
@@ -440,7 +442,7 @@ def test_cli(saved_models, tiny_tokenizer, tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Errors before any generation (issue #20, item 7)
+# Errors before any generation
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -468,8 +470,8 @@ def test_missing_local_model_directory_is_named(tmp_path, tiny_tokenizer, monkey
     with pytest.raises(EvaluationError, match="empty holds no config.json"):
         evaluate.evaluate_model(tmp_path / "empty", data, _cfg(), device="cpu", progress=False)
     # hub ids are left to from_pretrained (offline here: its error becomes one sentence too)
-    assert evaluate.model_path_problem("openai-community/gpt2") is None
-    assert evaluate.model_path_problem("gpt2") is None
+    assert engine.model_path_problem("openai-community/gpt2") is None
+    assert engine.model_path_problem("gpt2") is None
     with pytest.raises(EvaluationError, match=r"^cannot load model 'nobody-here/no-model' \("):
         evaluate.evaluate_model("nobody-here/no-model", data, _cfg(), device="cpu", progress=False)
 
@@ -493,7 +495,7 @@ def test_model_too_short_or_small_vocabulary_is_refused(tiny_gpt2, tiny_tokenize
     data = FakeData(_examples(tiny_tokenizer), tiny_tokenizer)
     short = GPT2LMHeadModel(GPT2Config(**(tiny_gpt2.config.to_dict() | {"n_positions": 40})))
     short.save_pretrained(tmp_path / "short")
-    with pytest.raises(EvaluationError) as err:  # 32 prompt + 12 new tokens = 44 > 40 positions (was an IndexError)
+    with pytest.raises(EvaluationError) as err:  # 32 prompt + 12 new tokens = 44 > 40 positions
         evaluate.evaluate_model(tmp_path / "short", data, _cfg(), device="cpu", progress=False)
     need = "needs 44 (max_prompt_length 32 + max_new_tokens 12)"
     assert str(err.value).startswith(f"model {tmp_path / 'short'} has 40 positions but evaluation {need}")
@@ -509,7 +511,7 @@ def test_model_too_short_or_small_vocabulary_is_refused(tiny_gpt2, tiny_tokenize
 def test_cli_scale_has_choices(capsys):
     import argparse
 
-    from benchmark import registry
+    from benchmark import scales
 
     parser = argparse.ArgumentParser()
     evaluate.add_cli(parser.add_subparsers(dest="verb"))
@@ -517,4 +519,4 @@ def test_cli_scale_has_choices(capsys):
         parser.parse_args(["evaluate", "m", "--data", "d", "--scale", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
     (action,) = [a for a in parser._subparsers._group_actions[0].choices["evaluate"]._actions if a.dest == "scale"]
-    assert action.choices == list(registry.SCALES)
+    assert action.choices == list(scales.SCALES)

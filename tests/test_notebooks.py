@@ -1,7 +1,8 @@
 """The notebooks, executed with papermill on fixture results stores (about 4 s per notebook).
 
 The committed store `tests/fixtures/results/published` holds the published numbers at scale `paper`; the variants
-are derived from it here: one perturbed cell, and the same values at scale `small` with per-example samples.
+are derived from it here: one perturbed cell, and the same values at scale `small` with per-example samples and the
+stage summaries a finished run leaves (for stages.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from benchmark import checks, registry
 from benchmark.notebooks import NOTEBOOKS, NotebookError, run_notebooks
+from benchmark.plan import build_plan
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results" / "published" / "results.jsonl"
 PERTURBED = "gpt2/1.5B>760M>120M"  # Table 1: 27.20 -> 24.00
@@ -65,6 +67,31 @@ def derive_store(
     return directory
 
 
+def write_stage_summaries(store: Path, scale: str) -> list:
+    """A `summary.json` for every SFT and MiniLLM stage of the scale's plan, with made-up numbers, as a finished run
+    leaves them, plus one of a stage no longer in the plan (another config's hash); returns the plan's stages."""
+    stages = [s for s in build_plan(["all"], scale).stages.values() if s.kind in ("sft", "distill") and not s.source]
+    for i, s in enumerate(stages):
+        if s.kind == "sft":
+            selected = {"parameters": 1000 * (i + 1), "val_ppl": 2.0 + i / 8, "val_rouge_l_greedy": 60.0 - i}
+            summary = {"selected": selected}
+        else:
+            summary = {
+                "best": {"step": 32, "val_rouge_l": 40.0 - i},
+                "heldout_rev_kl": {"init": 0.5, "selected": 0.45},
+                "sequence_rev_kl": {
+                    "init": {"per_response": 4.0, "mean_length": 5.0, "per_seed": [3.9, 4.1]},
+                    "selected": {"per_response": 3.0, "mean_length": 4.5, "per_seed": [3.0, 3.0]},
+                },
+            }
+        (store / "stages" / s.dirname).mkdir(parents=True)
+        (store / "stages" / s.dirname / "summary.json").write_text(json.dumps(summary))
+    stale = store / "stages" / f"{stages[0].name}-000000000000"
+    stale.mkdir()
+    (stale / "summary.json").write_text(json.dumps({"selected": {"parameters": 1, "val_ppl": 9.0}}))
+    return stages
+
+
 def load_checks(out: Path) -> list[dict]:
     return json.loads((out / "checks.json").read_text())
 
@@ -104,7 +131,9 @@ def paper_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("small")
-    return run_notebooks(derive_store(tmp / "results", scale="small", samples=30), "small", tmp / "tables")
+    store = derive_store(tmp / "results", scale="small", samples=30)
+    write_stage_summaries(store, "small")
+    return run_notebooks(store, "small", tmp / "tables")
 
 
 def test_published_values_pass_every_published_check(paper_run):
@@ -121,10 +150,16 @@ def test_published_values_pass_every_published_check(paper_run):
     assert {r["verdict"] for r in claims} == {"not-comparable"}
     assert "— verdict **not-comparable** (no per-example samples for " in (paper_run / "table1.md").read_text()
     assert all(set(r) == (PUBLISHED_FIELDS if r["kind"] == "published" else CLAIM_FIELDS) for r in records)
-    # executed copies live beside the outputs; the committed notebooks stay clean
-    assert {p.name for p in (paper_run / "executed").iterdir()} == {f"{a}.ipynb" for a in registry.ARTEFACTS}
-    for name in registry.ARTEFACTS:
-        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    # one executed copy per artefact (table.ipynb once per table) and the stages notebook's, beside the outputs; a
+    # store without its run's stages has no stage summaries, so no stages.md
+    executed = {p.name for p in (paper_run / "executed").iterdir()}
+    assert executed == {f"{a}.ipynb" for a in registry.ARTEFACTS} | {"stages.ipynb"}
+    assert "stages.md" not in outputs(paper_run)
+    # the committed notebooks stay clean
+    committed = {p.name for p in NOTEBOOKS.glob("*.ipynb")}
+    assert committed == {"table.ipynb", "figure2.ipynb", "stages.ipynb", "planner.ipynb"}
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
         assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
 
@@ -251,5 +286,28 @@ def test_failures_name_the_notebook_and_cell(tmp_path):
         run_notebooks(tmp_path, "small", tmp_path / "out", ["table9"])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.jsonl").write_text("not json\n")
-    with pytest.raises(NotebookError, match=r"notebooks/table2\.ipynb failed in cell \d+ .*ResultsError"):
+    with pytest.raises(NotebookError, match=r"notebooks/table\.ipynb failed in cell \d+ .*ResultsError.*table2\.ipynb"):
         run_notebooks(tmp_path / "bad", "small", tmp_path / "out", ["table2"])
+
+
+def test_stages_md_shows_the_trained_stages_of_the_plan(small_run):
+    """stages.md: every SFT model and MiniLLM hop of the scale's plan that has a summary in the run, in the plan's
+    order, with the before -> after reverse KL and its change; a stage of another config is not shown."""
+    stages = [s for s in build_plan(["all"], "small").stages.values() if s.kind in ("sft", "distill") and not s.source]
+    md = (small_run / "stages.md").read_text()
+    assert md.startswith("# Stages of ") and md.splitlines()[0].endswith("results (scale small)")
+    sft = [line for line in md.splitlines() if line.startswith(("| gpt2 |", "| opt |"))]
+    assert [tuple(c.strip() for c in line.split("|")[1:4]) for line in sft] == [
+        (s.family, s.config["size"], s.config["role"]) for s in stages if s.kind == "sft"
+    ]
+    assert sft[0] == "| gpt2 | 1.5B | teacher | 1,000 | 2.000 | 60.00 |" and "| 1 | 9.000 |" not in md
+    hops = [line for line in md.splitlines() if line.startswith("| 1") and "(" in line.split("|")[1]]
+    assert [line.split("|")[1].strip() for line in hops] == [
+        f"{'>'.join(s.config['path'])} ({s.family})" for s in stages if s.kind == "distill"
+    ]
+    # sequence 4.000 -> 3.000 (-25 %), per seed 3.9 -> 3.0 and 4.1 -> 3.0; held-out 0.5 -> 0.45 (-10 %)
+    # and the selected step's validation ROUGE-L, 40 - the stage's index in write_stage_summaries
+    first = next(i for i, s in enumerate(stages) if s.kind == "distill")
+    cells = [c.strip() for c in hops[0].split("|")[2:-1]]
+    assert cells == ["4.000", "3.000", "-25.0 %", "-23.1 %, -26.8 %", "5.00 -> 4.50", "0.5000", "0.4500", "-10.0 %",
+                     "32", f"{40.0 - first:.2f}"]  # fmt: skip

@@ -7,8 +7,8 @@ import typing
 
 import pytest
 
-from benchmark import registry
-from benchmark.config import ConfigError, EvalConfig, MiniLLMConfig, SFTConfig, for_scale
+from benchmark import scales
+from benchmark.config import ConfigError, EvalConfig, MiniLLMConfig, SFTConfig, resolve
 from benchmark.plan import _with_id, build_plan, describe, stage_status
 
 
@@ -218,11 +218,11 @@ PER_MODEL_SFT = {"lr", "select_by"}  # set per model and role by the plan (refus
     [("sft", SFTConfig, "sft"), ("minillm", MiniLLMConfig, "distill"), ("evaluation", EvalConfig, "evaluate")],
 )
 def test_every_config_field_changes_the_ids_of_the_stages_that_read_it(kind, cls, stage_kind):
-    entries, scale = ["gpt2/1.5B>760M>120M"], registry.scale("tiny")
+    entries, scale = ["gpt2/1.5B>760M>120M"], scales.scale("tiny")
     base = build_plan(entries, scale.name)
     before = {s.id for s in base.by_kind(stage_kind)}
     assert before
-    scale_cfg = for_scale(cls, {"sft": scale.sft, "minillm": scale.minillm, "evaluation": scale.evaluation}[kind])
+    scale_cfg = resolve(kind, scale.name)
     changes = list(_field_changes(cls, scale_cfg))
     assert len(changes) >= len(dataclasses.fields(cls))
     for override, name, new in changes:

@@ -157,3 +157,44 @@ def test_read_samples_follows_the_records_read_selects(tmp_path):
     (run / "stages" / "evaluate-gpt2-x-cccccccccccc" / results.SAMPLES_NAME).write_text("{not json\n")
     with pytest.raises(results.ResultsError, match=r"samples\.jsonl:1: malformed samples line"):
         results.read_samples(run, scale="small")
+
+
+def test_the_schema_table_is_what_records_and_columns_hold(tmp_path):
+    r = _record(overrides={"minillm": {"lr": 1e-4}})
+    assert list(r) == list(results.RECORD_FIELDS)  # every field, in the table's order, nothing else
+    assert list(r["model"]) == list(results.MODEL_FIELDS)
+    assert r["overrides"] == {"minillm": {"lr": 1e-4}} and _record()["overrides"] == {}
+    results.append(tmp_path, [r])
+    assert list(results.read(tmp_path).columns) == list(results.COLUMNS)
+    assert "model" not in results.COLUMNS and "model.sha256" in results.COLUMNS
+
+
+def test_merge_replaces_a_stages_own_records_and_keeps_every_other_line(tmp_path):
+    store = tmp_path / "results.jsonl"
+    old = [
+        {"entry": "opt/13B", "stage": "other", "metric": "rouge_l"},
+        {"entry": "gpt2/1.5B", "stage": "superseded", "metric": "rouge_l"},  # an older config of this entry
+        {"entry": "gpt2/1.5B", "stage": "s1", "metric": "rouge_l", "values": [1.0]},  # s1, evaluated before
+    ]
+    store.write_text("".join(json.dumps(r) + "\n" for r in old) + "not json\n")
+    new = tmp_path / "records.jsonl"
+    new.write_text(json.dumps({"entry": "gpt2/1.5B", "stage": "s1", "metric": "rouge_l", "values": [2.0]}) + "\n\n")
+    assert results.merge(tmp_path, {"s1": new}) == store
+    lines = store.read_text().splitlines()
+    assert lines[:3] == [json.dumps(old[0]), json.dumps(old[1]), "not json"]  # kept verbatim, in order
+    assert [json.loads(ln) for ln in lines[3:]] == [
+        {"entry": "gpt2/1.5B", "stage": "s1", "metric": "rouge_l", "values": [2.0]}
+    ]
+    assert results.merge(tmp_path, {}) == store and store.read_text().splitlines() == lines  # nothing finished
+    assert not list(tmp_path.glob(".results.jsonl.tmp"))  # replaced atomically, no leftover
+
+
+def test_write_samples_replaces_the_file_with_strict_json_lines(tmp_path):
+    path = tmp_path / "stage" / results.SAMPLES_NAME
+    path.parent.mkdir()
+    path.write_text("old\n")
+    rows = [{"seed": 10, "example": 0, "prediction": "é", "sample_nll": float("nan")}, {"seed": 10, "example": 1}]
+    assert results.write_samples(path, rows) == path
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == '{"seed": 10, "example": 0, "prediction": "é", "sample_nll": null}'
+    assert [json.loads(ln) for ln in lines][1] == {"seed": 10, "example": 1} and len(lines) == 2

@@ -89,24 +89,6 @@ def test_two_hop_entry_end_to_end(finished_run):
     assert hop["inputs"]["teacher"].endswith("/model") and "distill-gpt2-1.5B_760M-" in hop["inputs"]["teacher"]
 
 
-def test_stage_report_shows_each_trained_stage(finished_run):
-    """stages.md (written by `reproduce`): the three SFT models with their checks, and both hops with the sequence
-    and teacher-forced reverse KL before -> after, read from their summaries."""
-    from benchmark.runner import stage_report
-
-    report = stage_report(build_plan([ENTRY], "tiny"), finished_run)
-    sft = [ln for ln in report.splitlines() if ln.startswith("| gpt2 |")]
-    hops = [ln for ln in report.splitlines() if ln.startswith("| 1.5B>760M")]
-    assert len(sft) == 3 and len(hops) == 2, report
-    summ = json.loads(next((finished_run / "stages").glob("distill-gpt2-1.5B_760M-*/summary.json")).read_text())
-    seq = summ["sequence_rev_kl"]
-    row = next(h for h in hops if h.startswith("| 1.5B>760M (gpt2)")).split("|")
-    assert float(row[2]) == pytest.approx(seq["init"]["per_response"], abs=1e-3)
-    assert float(row[3]) == pytest.approx(seq["selected"]["per_response"], abs=1e-3)
-    assert row[5].count("%") == 2  # the change per seed
-    assert "nan" not in report
-
-
 def test_second_run_does_nothing(finished_run):
     before = {p: p.stat().st_mtime for p in (finished_run / "stages").glob("*/DONE.json")}
     t0 = time.time()
@@ -426,8 +408,8 @@ def test_stages_get_their_own_gpu_group_and_launcher_port_and_no_inherited_rende
 def test_failure_advice_fits_the_cause(tmp_path):
     """A config error or a damaged file is not fixed by rerunning; a killed stage is."""
     from benchmark.config import ConfigError
+    from benchmark.engine import TrainError
     from benchmark.runner import _failure, failure_advice
-    from benchmark.train import TrainError
 
     stage = tmp_path / "stages" / "distill-gpt2-1.5B_120M-0123456789ab"
     assert "rerunning unchanged fails the same way" in failure_advice(ConfigError("lr must be > 0"), stage)

@@ -158,6 +158,34 @@ def test_batched_equals_unbatched(family, request, tiny_tokenizer):
         torch.testing.assert_close(one.student_logprobs[0], batch.student_logprobs[i], atol=1e-5, rtol=1e-5)
 
 
+def test_sample_prompts_batches_do_not_change_an_examples_tokens(tiny_gpt2, tiny_opt, tiny_tokenizer):
+    """The one generation loop: prompts in batches, each left-padded to max_prompt_length (the yielded prompt
+    tensors keep that width, as rollouts store them), example i drawn from the generator of (seed, example_ids[i]);
+    batch size 1 and 3 give the same tokens and log-probs, equal to `sample` on each prompt alone."""
+    from benchmark.sampling import sample_prompts
+
+    eos, seqs = tiny_tokenizer.eos_token_id, _prompt_ids(tiny_tokenizer)
+    ids = [7, 3, 40, 2]
+    kw = dict(seed=10, eos_token_id=eos, max_prompt_length=32, device="cpu", mix_model=tiny_opt, mix_alpha=0.2,
+              return_logprobs=True)  # fmt: skip
+    settings = GenerationSettings(max_new_tokens=8)
+    runs = {b: list(sample_prompts(tiny_gpt2, seqs, ids, settings, batch_size=b, **kw)) for b in (1, 3)}
+    assert [len(r) for r in runs.values()] == [4, 2]
+    assert [chunk for chunk, *_ in runs[3]] == [[7, 3, 40], [2]]
+    for batches in runs.values():
+        assert all(p_ids.shape[1] == 32 and p_mask.shape == p_ids.shape for _, p_ids, p_mask, _ in batches)
+        tokens = torch.cat([out.response_ids for *_, out in batches])
+        logprobs = torch.cat([out.student_logprobs for *_, out in batches])
+        for i, s in enumerate(seqs):
+            one = sample(tiny_gpt2, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long), settings,
+                         eos_token_id=eos, generators=example_generators(10, [ids[i]]), mix_model=tiny_opt,
+                         mix_alpha=0.2, return_logprobs=True)  # fmt: skip
+            assert one.response_ids[0].tolist() == tokens[i].tolist(), i
+            torch.testing.assert_close(one.student_logprobs[0], logprobs[i], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="example ids"):
+        next(sample_prompts(tiny_gpt2, seqs, ids[:2], settings, batch_size=2, **kw))
+
+
 def test_finished_rows_leave_the_batch(tiny_gpt2, tiny_opt, tiny_tokenizer):
     """Rows that stop early are dropped from the decoding batch, KV caches included; every row's tokens and both
     log-probs equal that row decoded alone (teacher-mixed, so the teacher's cache is compacted too)."""
@@ -386,8 +414,9 @@ def test_example_generators_first_draws_are_pinned():
 
 
 def test_trainer_derived_generators_first_draws_are_pinned():
-    """train._gen: the prompt order (seed, epoch), the PPO shuffling (seed_ppo, phase, epoch), the SFT order."""
-    from benchmark.train import _gen
+    """engine.seeded_generator: the prompt order (seed, epoch), the PPO shuffling (seed_ppo, phase, epoch), the SFT
+    order."""
+    from benchmark.engine import seeded_generator as _gen
 
     assert [_gen(10, 0).initial_seed(), _gen(42, 3, 1).initial_seed(), _gen(10, 1_000_000).initial_seed()] == [
         10000030,

@@ -12,13 +12,13 @@ from collections import Counter
 import pytest
 from conftest import run_data_cli as _cli
 
-from benchmark import data, registry, synthetic
+from benchmark import data, scales, synthetic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY = registry.scale("tiny").synthetic_records
-SMALL = registry.scale("small").synthetic_records
+TINY = scales.scale("tiny").synthetic_records
+SMALL = scales.scale("small").synthetic_records
 
 
 def test_records_are_deterministic_and_cover_every_category():
@@ -104,9 +104,9 @@ def test_prepare_synthetic_tiny(tiny):
         assert m["counts"] == {"train": TINY["train"], "valid": TINY["valid"], "test": TINY["test"]}
         assert m["dropped"] == {"train": 0, "valid": 0} and m["truncated"] == {"test": 0}
         chunks = prepared.pt_chunks()
-        pt_len = registry.scale("tiny").minillm.get("pt_seq_length", synthetic.PT_SEQ_LEN)  # what the trainer reads
+        pt_len = scales.scale("tiny").minillm.get("pt_seq_length", synthetic.PT_SEQ_LEN)  # what the trainer reads
         assert chunks.shape[1] == pt_len and m["pt"]["n_documents"] == TINY["pt"]
-        assert m["max_prompt_length"] == registry.scale("tiny").sft.get("max_prompt_length", 256)
+        assert m["max_prompt_length"] == scales.scale("tiny").sft.get("max_prompt_length", 256)
         tok = prepared.tokenizer
         assert len(tok) <= synthetic.VOCAB_SIZE
         for split in data.SPLITS:

@@ -248,3 +248,22 @@ def test_figure2_uses_a_log_axis_and_a_panel_of_its_own_for_the_paper_below_pape
     lo, hi = paper.axes[0].get_xlim()
     assert 0 < lo < min(data["published"]) and hi > max(data["perplexity_samples"])
     assert (tmp_path / "small.png").exists() and (tmp_path / "paper.png").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figure 1
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_figure1_is_drawn_from_the_registry(tmp_path):
+    import struct
+
+    out = tables.draw_figure1(tmp_path / "figure1.png")
+    data = out.read_bytes()
+    assert out == tmp_path / "figure1.png" and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    # 15 in wide at 110 dpi; one box row per registered path, 4 rows per family (the most paths on one side)
+    rows = sum(
+        max(sum(e.hops == 1 for e in es), sum(e.hops >= 2 for e in es))
+        for es in ([e for e in registry.ENTRIES.values() if e.family == f] for f in registry.FAMILIES)
+    )
+    assert rows == 8 and struct.unpack(">II", data[16:24]) == (1650, round((1.0 + 1.05 * rows) * 110))

@@ -21,13 +21,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import registry
+from benchmark import scales
 from benchmark.config import GenerationSettings, MiniLLMConfig, SFTConfig, for_scale
+from benchmark.engine import TrainError
+from benchmark.minillm import train_minillm
 from benchmark.runner import free_port
-from benchmark.train import TrainError, train_minillm, train_sft
+from benchmark.sft import train_sft
 
 pytestmark = pytest.mark.slow
-TINY = registry.scale("tiny")
+TINY = scales.scale("tiny")
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -125,7 +127,7 @@ def test_minillm_lowers_reverse_kl_to_the_teacher(tiny_chain, tmp_path):
     metrics = [json.loads(ln) for ln in (tmp_path / "hop" / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
     assert len(train) == 16
-    for key in ("pg_loss", "reg_loss", "pt_loss", "reward", "mixed_lens", "lr", "tokens_per_s"):
+    for key in ("pg_loss", "reg_loss", "pt_loss", "reward", "mixed_lens", "lr", "step_s", "tokens_per_s"):
         assert all(key in m for m in train), key
     assert train[0]["lr"] == 0.0  # constant_trm warmup: the first step runs at lr 0, as the reference
     assert (tmp_path / "hop" / "model" / "model.safetensors").exists()
@@ -152,7 +154,7 @@ def test_heldout_reverse_kl_equals_a_per_example_loop(tiny_gpt2, tiny_opt, tiny_
     import torch.nn.functional as F
 
     from benchmark.data import Example
-    from benchmark.train import heldout_reverse_kl
+    from benchmark.evaluate import heldout_reverse_kl
 
     eos, enc = tiny_tokenizer.eos_token_id, tiny_tokenizer.encode
     pairs = [("Name a fruit.", " apple"), ("List two colors please", " red, blue and green"), ("Hi", " hello")]
@@ -177,8 +179,8 @@ def test_sequence_reverse_kl_equals_a_per_example_loop(tiny_gpt2, tiny_opt, tiny
 
     from benchmark.config import GenerationSettings
     from benchmark.data import Example
+    from benchmark.evaluate import sequence_reverse_kl
     from benchmark.sampling import example_generators, sample
-    from benchmark.train import sequence_reverse_kl
 
     eos, enc = tiny_tokenizer.eos_token_id, tiny_tokenizer.encode
     prompts = ["Name a fruit.", "List two colors please", "Hi"]
@@ -212,7 +214,8 @@ def test_sequence_reverse_kl_equals_a_per_example_loop(tiny_gpt2, tiny_opt, tiny
 def test_teacher_logits_cache_computes_each_rollout_once(tiny_gpt2):
     """Two mini-batches sharing rows: the teacher sees each rollout once and the cache returns exactly the logits
     a fresh forward gives (rows computed in another batch: equal up to float order)."""
-    from benchmark.train import Buffer, TeacherLogitsCache, _response_logits
+    from benchmark.minillm import Buffer, TeacherLogitsCache
+    from benchmark.sampling import response_logits
 
     g = torch.Generator().manual_seed(0)
     V, N = tiny_gpt2.config.vocab_size, 6
@@ -233,7 +236,7 @@ def test_teacher_logits_cache_computes_each_rollout_once(tiny_gpt2):
     hook.remove()
     assert seen == [4, 2]  # rows 2 and 0 come from the cache
     with torch.no_grad():
-        fresh = _response_logits(tiny_gpt2, buf.prompt_ids, buf.prompt_mask, buf.response_ids, buf.response_mask)
+        fresh = response_logits(tiny_gpt2, buf.prompt_ids, buf.prompt_mask, buf.response_ids, buf.response_mask)
     torch.testing.assert_close(first, fresh[[0, 1, 2, 3]], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(second, fresh[[4, 2, 5, 0]], rtol=1e-5, atol=1e-5)
 
@@ -243,7 +246,8 @@ def test_micro_batches_are_scored_up_to_their_longest_response(tiny_gpt2):
     (`Buffer.trimmed`). Its losses equal the full-width ones, and the teacher-logits cache serves a row computed in
     a micro-batch of another width (cut or zero-padded; the valid positions are the full-width logits)."""
     from benchmark import losses
-    from benchmark.train import Buffer, TeacherLogitsCache, _response_logits
+    from benchmark.minillm import Buffer, TeacherLogitsCache
+    from benchmark.sampling import response_logits
 
     g = torch.Generator().manual_seed(1)
     V, N, T = tiny_gpt2.config.vocab_size, 4, 6
@@ -258,8 +262,8 @@ def test_micro_batches_are_scored_up_to_their_longest_response(tiny_gpt2):
     assert torch.equal(short.rewards, buf.rewards[[0, 2], :2]) and torch.equal(short.prompt_ids, buf.prompt_ids[[0, 2]])
 
     with torch.no_grad():
-        full = _response_logits(tiny_gpt2, buf.prompt_ids, buf.prompt_mask, buf.response_ids, buf.response_mask)
-        cut = _response_logits(tiny_gpt2, short.prompt_ids, short.prompt_mask, short.response_ids, short.response_mask)
+        full = response_logits(tiny_gpt2, buf.prompt_ids, buf.prompt_mask, buf.response_ids, buf.response_mask)
+        cut = response_logits(tiny_gpt2, short.prompt_ids, short.prompt_mask, short.response_ids, short.response_mask)
     torch.testing.assert_close(cut, full[[0, 2], :2], rtol=1e-5, atol=1e-5)  # causal: padding after changes nothing
     t_full = full.flip(-1)  # any other distribution will do as the "teacher"
     kl_full = losses.single_step_kl(full[[0, 2]], t_full[[0, 2]], r_mask[[0, 2]], num_tokens=3.0)
@@ -348,8 +352,8 @@ def test_world_size_invariance_two_gloo_processes(tiny_chain, tmp_path):
 
 def test_a_lone_process_needs_no_port_even_when_it_inherits_a_taken_one():
     """One process (no launcher, or a launcher's WORLD_SIZE=1) rendezvouses in memory: stages started side by side
-    cannot collide on a port, whatever MASTER_PORT they inherit (CI once failed that way)."""
-    code = "from benchmark.train import init_distributed; d = init_distributed(); print(d.rank, d.world_size)"
+    cannot collide on a port, whatever MASTER_PORT they inherit."""
+    code = "from benchmark.engine import init_distributed; d = init_distributed(); print(d.rank, d.world_size)"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -427,7 +431,8 @@ ROLLOUT_PROMPTS = [[5, 17, 40, 3], [9, 2], [60, 61, 62, 63, 64, 7], [11]]
 
 def _rollouts(student, teacher, cfg, draw_ids=(0, 1, 2, 3)):
     """collect_rollouts on ROLLOUT_PROMPTS in chunks of 2 (one process)."""
-    from benchmark.train import Dist, collect_rollouts
+    from benchmark.engine import Dist
+    from benchmark.minillm import collect_rollouts
 
     eos = student.config.eos_token_id
     dist = Dist(0, 1, torch.device("cpu"))
@@ -436,18 +441,18 @@ def _rollouts(student, teacher, cfg, draw_ids=(0, 1, 2, 3)):
 
 def _first_epoch_logprobs(model, buf, temperature=1.0):
     """log q (or log p) of the stored tokens as the first PPO epoch computes them for a micro-batch holding one
-    rollout chunk (`Buffer.trimmed`, `_response_logits`, `token_logprobs`): the same shapes and operations, so the
+    rollout chunk (`Buffer.trimmed`, `response_logits`, `token_logprobs`): the same shapes and operations, so the
     same floats on any CPU. Padded back to the stored width, 0 where the mask is 0."""
     import torch.nn.functional as F
 
     from benchmark import losses
-    from benchmark.train import _response_logits
+    from benchmark.sampling import response_logits
 
     out = []
     for i in range(0, len(buf), 2):
         mb = buf.take(slice(i, i + 2)).trimmed()
         with torch.no_grad():
-            logits = _response_logits(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+            logits = response_logits(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
         lp = losses.token_logprobs(logits, mb.response_ids, temperature) * mb.response_mask
         out.append(F.pad(lp, (0, buf.response_ids.shape[1] - lp.shape[1])))
     return torch.cat(out)
@@ -462,9 +467,9 @@ def test_rollouts_are_scored_by_a_full_forward_as_the_reference_does(tiny_gpt2, 
     what rescore_rollouts returned and equal the first epoch's log-probs; the decode-time log-probs ("decode") are
     only bounded against the forward. w and the rewards are checked against the reference's literal numbers
     (alpha 0.2, scaling 0.5, clip 100) for the default config."""
-    from benchmark import sampling, train
+    from benchmark import minillm, sampling
 
-    real_sample, real_rescore = sampling.sample, train.rescore_rollouts
+    real_sample, real_rescore = sampling.sample, minillm.rescore_rollouts
     rescored = []
 
     def poisoned_sample(*args, **kwargs):
@@ -479,7 +484,7 @@ def test_rollouts_are_scored_by_a_full_forward_as_the_reference_does(tiny_gpt2, 
         rescored.append(real_rescore(*args, **kwargs))
         return rescored[-1]
 
-    monkeypatch.setattr(train, "rescore_rollouts", spy_rescore)
+    monkeypatch.setattr(minillm, "rescore_rollouts", spy_rescore)
     for dtype in (torch.bfloat16, torch.float32):
         s, t = tiny_gpt2.to(dtype).eval(), tiny_opt.to(dtype).eval()
         cfg = MiniLLMConfig(max_prompt_length=8, generation=GenerationSettings(max_new_tokens=6))
@@ -554,11 +559,11 @@ def test_rollouts_sample_and_weight_with_the_configured_alpha_and_reward_setting
 
 
 class _Built(Exception):
-    """Raised by a stand-in for train._engine: the optimizer and scheduler are built, nothing runs."""
+    """Raised by a stand-in for engine.build_engine: the optimizer and scheduler are built, nothing runs."""
 
 
 def _capture_engine(monkeypatch) -> dict:
-    from benchmark import train
+    from benchmark import minillm, sft
 
     seen = {}
 
@@ -566,7 +571,8 @@ def _capture_engine(monkeypatch) -> dict:
         seen.update(model=model, optimizer=optimizer, scheduler=scheduler, ds_config=ds_config)
         raise _Built
 
-    monkeypatch.setattr(train, "_engine", capture)
+    monkeypatch.setattr(minillm, "build_engine", capture)
+    monkeypatch.setattr(sft, "build_engine", capture)
     return seen
 
 
@@ -646,8 +652,10 @@ def test_minillm_step_feeds_the_configs_settings_to_the_losses(tiny_gpt2, tiny_o
     import numpy as np
     import torch.nn.functional as F
 
-    from benchmark import train
-    from benchmark.train import Buffer, Dist, _response_logits, minillm_step
+    from benchmark import minillm
+    from benchmark.engine import Dist
+    from benchmark.minillm import Buffer, minillm_step
+    from benchmark.sampling import response_logits
 
     g = torch.Generator().manual_seed(3)
     V, N, P, T = tiny_gpt2.config.vocab_size, 4, 5, 6
@@ -660,15 +668,15 @@ def test_minillm_step_feeds_the_configs_settings_to_the_losses(tiny_gpt2, tiny_o
     rewards = torch.randn(N, T, generator=g) * 2 * m
     w = (0.75 + 0.5 * torch.rand(N, T, generator=g)) * m + (1 - m)  # rho = w: inside and outside both clip bands
     with torch.no_grad():
-        logits = _response_logits(tiny_gpt2, p_ids, p_mask, r_ids, m).double() / 0.8
+        logits = response_logits(tiny_gpt2, p_ids, p_mask, r_ids, m).double() / 0.8
     old = F.log_softmax(logits, -1).gather(-1, r_ids[..., None])[..., 0].float() * m
     buf = Buffer(p_ids, p_mask, r_ids, m, old, w, rewards, torch.arange(N))
     pt_chunks = torch.randint(1, V, (8, 7), generator=g)
     gen = GenerationSettings(max_new_tokens=T, temperature=0.8)
     cfg = MiniLLMConfig(rollouts_per_phase=4, batch_size=4, gamma=0.5, whiten_include_padding=False, cliprange=0.1,
                         kd_ratio=0.3, pt_coef=0.7, generation=gen, cache_teacher_logits=False)  # fmt: skip
-    seen, real = [], train._ppo_micro_loss
-    monkeypatch.setattr(train, "_ppo_micro_loss", lambda *a, **k: (seen.append(a[3].double()), real(*a, **k))[1])
+    seen, real = [], minillm._ppo_micro_loss
+    monkeypatch.setattr(minillm, "_ppo_micro_loss", lambda *a, **k: (seen.append(a[3].double()), real(*a, **k))[1])
     engine = _RecordingEngine(tiny_gpt2, micro=2, gas=2)
     minillm_step(engine, tiny_opt, buf, cfg, 1, pt_chunks, Dist(0, 1, torch.device("cpu")), tmp_path)
 
@@ -684,8 +692,8 @@ def test_minillm_step_feeds_the_configs_settings_to_the_losses(tiny_gpt2, tiny_o
         mm, width = mb.response_mask.double(), mb.response_ids.shape[1]
         torch.testing.assert_close(seen[k], adv[rows, :width], rtol=1e-5, atol=1e-6)
         with torch.no_grad():
-            s = _response_logits(tiny_gpt2, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
-            t = _response_logits(tiny_opt, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+            s = response_logits(tiny_gpt2, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+            t = response_logits(tiny_opt, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
             inp = pt_rows[rows, :-1]
             s_pt, t_pt = tiny_gpt2(input_ids=inp).logits.double(), tiny_opt(input_ids=inp).logits.double()
         log_q, log_p = F.log_softmax(s.double() / 0.8, -1), F.log_softmax(t.double(), -1)
@@ -702,3 +710,31 @@ def test_minillm_step_feeds_the_configs_settings_to_the_losses(tiny_gpt2, tiny_o
         # the data tell the settings apart (measured 2e-3 and 5e-3, against a tolerance of 3e-5 on the loss)
         assert abs(pg[0.1] - pg[0.2]) > 1e-3 and abs(ce - soft) > 1e-3
     assert len(engine.losses) == 2
+
+
+def test_run_phase_is_one_phase_reported_through_its_callbacks(tiny_gpt2, tiny_opt, tmp_path):
+    """run_phase: the phase's own prompts (draws phase*R .. (phase+1)*R - 1 of the seeded order) rolled out once,
+    then ppo_epochs x R / batch_size optimizer steps numbered on from `first_step`, stopping at total_steps. The
+    buffer goes to on_rollouts, each step's record to on_step and into the result; nothing is written anywhere."""
+    from types import SimpleNamespace
+
+    from benchmark.engine import Dist, seeded_generator
+    from benchmark.minillm import run_phase
+    from benchmark.sampling import left_pad
+
+    cfg = MiniLLMConfig(max_prompt_length=8, generation=GenerationSettings(max_new_tokens=4), rollouts_per_phase=4,
+                        batch_size=2, ppo_epochs=2, total_steps=7, pt_coef=0.0)  # fmt: skip
+    engine = _RecordingEngine(tiny_gpt2, micro=2, gas=1)
+    engine.lr_scheduler = SimpleNamespace(get_last_lr=lambda: [0.25])
+    prompts, eos = ROLLOUT_PROMPTS * 3, tiny_gpt2.config.eos_token_id
+    buffers, steps = [], []
+    res = run_phase(engine, tiny_opt, prompts, 1, cfg, Dist(0, 1, torch.device("cpu")), eos_token_id=eos,
+                    out=tmp_path, first_step=4, on_rollouts=buffers.append, on_step=steps.append)  # fmt: skip
+    (buf,) = buffers
+    order = torch.randperm(len(prompts), generator=seeded_generator(cfg.seed, 0))
+    assert torch.equal(buf.prompt_ids, left_pad([prompts[order[d]] for d in (4, 5, 6, 7)], eos, 8)[0])
+    assert [r["step"] for r in steps] == [5, 6, 7]  # 4 steps a phase from step 4, the last one past total_steps
+    assert res["steps"] == steps and len(engine.losses) == 3
+    assert all(r["kind"] == "train" and r["phase"] == 1 and r["lr"] == 0.25 and r["step_s"] > 0 for r in steps)
+    assert res["generated_tokens"] == int(buf.response_mask.sum()) and 0 < res["rollout_s"] < res["phase_s"]
+    assert list(tmp_path.iterdir()) == []

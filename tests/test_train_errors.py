@@ -1,8 +1,8 @@
-"""`train`'s refusals and messages (issue #20, items 7 and 9): each a sentence before any compute, with no stage
+"""`train`'s refusals and messages: each a sentence before any compute, with no stage
 directory left behind; the CLI's flags and final report.
 
 Tiny untrained models (built from the tiny scale's specs, never trained): the checks run before the engine is built,
-and `_engine` is replaced by a sentinel so a test that gets past them stops there. About 10 s in all.
+and `build_engine` is replaced by a sentinel so a test that gets past them stops there. About 10 s in all.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import registry, train
+from benchmark import engine, minillm, scales, train
 from benchmark.config import ConfigError, MiniLLMConfig, for_scale
-from benchmark.train import TrainError, train_minillm
+from benchmark.engine import TrainError
+from benchmark.minillm import train_minillm
 
-TINY = registry.scale("tiny")
+TINY = scales.scale("tiny")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def tiny(tmp_path_factory):
     prepare_synthetic("tiny", "gpt2", root / "data")
     tok = load_prepared(root / "data").tokenizer
     for name, size in (("small", "120M"), ("large", "1.5B")):
-        model = train.build_model(TINY.model("gpt2", size), tok, n_positions=160, seed=0)
+        model = scales.build_model(TINY.model("gpt2", size), tok, n_positions=160, seed=0)
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     return root
@@ -45,7 +46,7 @@ def stop_at_engine(monkeypatch):
     def built(*args, **kwargs):
         raise _Built
 
-    monkeypatch.setattr(train, "_engine", built)
+    monkeypatch.setattr(minillm, "build_engine", built)
 
 
 def _cfg(**kw) -> MiniLLMConfig:
@@ -78,7 +79,7 @@ def test_missing_model_directory_is_named_and_nothing_is_created(tiny, tmp_path,
         assert "`python -m benchmark train ... --out OUT` (OUT/model)" in msg and "Repo id" not in msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     with pytest.raises(TrainError, match="holds no config.json"):
-        train.load_model(str(tmp_path / "runs"), train.torch.device("cpu"), train.torch.float32, dropout=False)
+        engine.load_model(str(tmp_path / "runs"), engine.torch.device("cpu"), engine.torch.float32, dropout=False)
 
 
 def test_positions_too_few_for_the_hop_are_refused(tiny, tmp_path, stop_at_engine):
