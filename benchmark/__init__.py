@@ -1,8 +1,8 @@
 """MSKD-Bench: multi-step knowledge distillation (teacher > TA > student) with a faithful MiniLLM trainer.
 
 Data flows one way: data (`benchmark.data`, `benchmark.synthetic`) -> registry and plan (`benchmark.registry`,
-`benchmark.plan`) -> stages (`benchmark.train`) -> evaluation (`benchmark.evaluate`) -> results store
-(`benchmark.results`) -> notebooks/ -> paper_tables/.
+`benchmark.plan`) -> stages (`benchmark.sft`, `benchmark.minillm` on `benchmark.engine`) -> evaluation
+(`benchmark.evaluate`) -> results store (`benchmark.results`) -> notebooks/ -> paper_tables/.
 """
 
 __version__ = "0.1.0"

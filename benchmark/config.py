@@ -286,7 +286,7 @@ class MiniLLMConfig:
     # scores the finished rollouts with one full (teacher-forced) forward of each model, so under fp16/bf16 the first
     # PPO epoch's ratio q_new / q_old is exactly 1 (times w) instead of carrying the difference between incremental
     # KV-cached decoding and a full forward. "decode" keeps the decode loop's log-probs: equal up to float32
-    # summation order in fp32 and one student + one teacher forward per rollout cheaper (train.rescore_rollouts).
+    # summation order in fp32 and one student + one teacher forward per rollout cheaper (minillm.rescore_rollouts).
     rollout_logprobs: Literal["forward", "decode"] = "forward"
     # --- reward and advantage (ref §1.3 "Reward per token", "Advantage")
     reward_scaling: float = 0.5  # --reward-scaling: r = (log p - log q) / 0.5
@@ -301,7 +301,7 @@ class MiniLLMConfig:
     # Speed only (results equal up to float summation order): the single-step term's teacher logits of a rollout
     # are computed on its first PPO epoch and reused by the others; the reference recomputes them every epoch
     # (ref §1.3 "Single-step term": one teacher forward per micro-step per PPO epoch, no caching). Memory per rank:
-    # up to rollouts x max_new_tokens x vocab in the teacher's dtype (train.TeacherLogitsCache).
+    # up to rollouts x max_new_tokens x vocab in the teacher's dtype (minillm.TeacherLogitsCache).
     cache_teacher_logits: bool = True
     # Memory only (same value and gradient): the single-step term over chunks of this many response positions, each
     # under activation checkpointing, so one chunk's float32 [batch, chunk, vocab] intermediates are alive at a time

@@ -613,6 +613,19 @@ class PreparedData:
     def eos_token_id(self) -> int:
         return self.manifest["tokenizer"]["eos_token_id"]
 
+    def summary(self) -> str:
+        """One line: family, split counts, dropped/truncated counts, PT chunks, vocabulary (what `data` prints)."""
+        m = self.manifest
+        pt = m.get("pt")
+        counts = ", ".join(f"{k} {v}" for k, v in m.get("counts", {}).items())
+        dropped = ", ".join(f"{k} {v}" for k, v in {**m.get("dropped", {}), **m.get("truncated", {})}.items())
+        return (
+            f"{self.path}: {self.family}, {counts or 'no splits'}"
+            + (f" (dropped/truncated: {dropped})" if dropped else "")
+            + (f", pt {pt['n_chunks']} x {pt['seq_len']}" if pt else "")
+            + f", vocab {m['tokenizer']['vocab_size']}"
+        )
+
     def _rerun_hint(self, family: str | None = None) -> str:
         family = family or self.family
         src = self.manifest.get("source", {})
@@ -656,82 +669,3 @@ def load_prepared(path, family: str | None = None) -> PreparedData:
 def default_dir(name: str, family: str) -> Path:
     """Where the CLI writes by default: data/prepared/<name>-<family> (git-ignored)."""
     return DEFAULT_ROOT / f"{name}-{family}"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CLI: python -m benchmark data {dolly,pt,synthetic}
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _summary(data: PreparedData) -> str:
-    m = data.manifest
-    pt = m.get("pt")
-    counts = ", ".join(f"{k} {v}" for k, v in m.get("counts", {}).items())
-    dropped = ", ".join(f"{k} {v}" for k, v in {**m.get("dropped", {}), **m.get("truncated", {})}.items())
-    return (
-        f"{data.path}: {data.family}, {counts or 'no splits'}"
-        + (f" (dropped/truncated: {dropped})" if dropped else "")
-        + (f", pt {pt['n_chunks']} x {pt['seq_len']}" if pt else "")
-        + f", vocab {m['tokenizer']['vocab_size']}"
-    )
-
-
-def cmd_dolly(args) -> int:
-    out = args.out or default_dir("dolly", args.family)
-    print(_summary(prepare_dolly(args.source, args.family, args.tokenizer, out, args.max_prompt_length, args.dev_num)))
-    return 0
-
-
-def cmd_pt(args) -> int:
-    out = args.out or default_dir("dolly", args.family)
-    print(_summary(prepare_pt(args.source, args.family, out, args.tokenizer, args.seq_len, args.max_chunks)))
-    return 0
-
-
-def cmd_synthetic(args) -> int:
-    from benchmark.synthetic import prepare_synthetic
-
-    out = args.out or default_dir(args.scale, args.family)
-    print(_summary(prepare_synthetic(args.scale, args.family, out, seed=args.seed, pt_seq_len=args.seq_len)))
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("data", help="prepare Dolly, the PT corpus, or the synthetic small/tiny data")
-    sub = p.add_subparsers(dest="data_verb", required=True)
-    fam = dict(choices=["gpt2", "opt"], required=True, help="tokenization family (GPT-2 and OPT ids differ)")
-
-    s = sub.add_parser("dolly", help="MiniLLM's Dolly preparation (ref §4.1)")
-    s.add_argument("--family", **fam)
-    s.add_argument("--tokenizer", required=True, help="hub id or local dir, e.g. openai-community/gpt2")
-    s.add_argument("--source", default="hub", help="hub, hub:REPO, or a dir with raw.jsonl + valid.jsonl")
-    s.add_argument("--out", type=Path, help="default: data/prepared/dolly-FAMILY")
-    s.add_argument(
-        "--max-prompt-length",
-        type=int,
-        default=MAX_PROMPT_LENGTH,
-        help=f"longer train/valid prompts are dropped, longer test prompts cut (default {MAX_PROMPT_LENGTH} tokens)",
-    )
-    s.add_argument("--dev-num", type=int, default=DEV_NUM, help="validation = the first N raw records")
-    s.set_defaults(func=cmd_dolly)
-
-    s = sub.add_parser("pt", help="PT chunks for MiniLLM's PT loss (ref §4.2), into a prepared or new dir")
-    s.add_argument("--family", **fam)
-    s.add_argument("--tokenizer", help="needed only for a new dir; default: the prepared dir's own tokenizer")
-    s.add_argument("--source", default="hub", help="hub (OpenWebText for gpt2), hub:DATASET, or a text file")
-    s.add_argument("--out", type=Path, help="default: data/prepared/dolly-FAMILY")
-    s.add_argument("--seq-len", type=int, default=PT_SEQ_LEN, help=f"tokens per PT chunk (default {PT_SEQ_LEN})")
-    s.add_argument(
-        "--max-chunks", type=int, default=None, help="stop after this many chunks (default: the whole source)"
-    )
-    s.set_defaults(func=cmd_pt)
-
-    s = sub.add_parser("synthetic", help="generate + tokenizer + prepare + PT for the small/tiny scales")
-    s.add_argument(
-        "--scale", choices=["small", "tiny"], required=True, help="how many records to generate (the scale's)"
-    )
-    s.add_argument("--family", **fam)
-    s.add_argument("--out", type=Path, help="default: data/prepared/SCALE-FAMILY")
-    s.add_argument("--seed", type=int, default=0, help="generator seed (default 0, what run/reproduce use)")
-    s.add_argument("--seq-len", type=int, default=None, help="PT chunk length (default: the scale's pt_seq_length)")
-    s.set_defaults(func=cmd_synthetic)

@@ -480,3 +480,46 @@ def write_summary(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: f
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return out / "model"
+
+
+def quiet_logs() -> None:
+    """For `train --quiet`: no progress bars and no info logging from transformers or DeepSpeed (warnings that
+    matter still reach stderr at ERROR level). DeepSpeed sets its logger's level when first imported, so it is
+    imported here."""
+    import logging
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as init_distributed: no "Setting accelerator to CPU" warning
+    from deepspeed.utils import logger as ds_logger
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    ds_logger.setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
+
+
+def summary_report(model_dir: Path) -> str:
+    """Where the stage's model went and the validation that selected it (from OUT/summary.json)."""
+    summary = json.loads((model_dir.parent / "summary.json").read_text())
+    kind = summary["kind"]
+    best = summary.get("best") or {}
+    metric = "val_rouge_l" if kind == "minillm" or summary["config"].get("select_by") == "rouge_l" else "val_loss"
+    direction = "higher" if metric == "val_rouge_l" else "lower"
+    values = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k != "step" and isinstance(v, int | float))
+    lines = [
+        f"model: {model_dir}",
+        f"selected: step {best.get('step')} of {summary['steps']} by {metric} ({direction} is better): {values}",
+    ]
+    sel = summary.get("selected") or {}
+    if "val_ppl" in sel:
+        ppl, rouge = sel["val_ppl"], sel["val_rouge_l_greedy"]
+        lines.append(f"selected model: validation perplexity {ppl:.4g}, greedy ROUGE-L {rouge:.4g}")
+    kl = summary.get("sequence_rev_kl") or {}
+    if isinstance(kl.get("init"), dict) and isinstance(kl.get("selected"), dict):
+        before, after = kl["init"]["per_response"], kl["selected"]["per_response"]
+        lines.append(f"reverse KL to the teacher per sampled response: {before:.4g} (init) -> {after:.4g} (selected)")
+    lines.append(f"summary: {model_dir.parent / 'summary.json'}")
+    return "\n".join(lines)

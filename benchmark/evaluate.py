@@ -58,9 +58,7 @@ student's reverse KL before and after two ways, `heldout_reverse_kl` (teacher-fo
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import string
 import time
 from collections.abc import Sequence
@@ -78,9 +76,9 @@ from benchmark.sampling import forward_logits, left_pad, response_logits, respon
 
 __all__ = [
     "EvaluationError",
-    "add_cli",
     "evaluate_model",
     "exact_match",
+    "format_table",
     "generate_responses",
     "heldout_reverse_kl",
     "perplexity_gold",
@@ -742,113 +740,14 @@ def evaluate_model(
     if samples_path is not None:
         for row in samples:
             row["gold_nll"], row["gold_tokens"] = gold[row["example"]]
-        _write_samples(samples_path, samples)
+        results.write_samples(samples_path, samples)
     return records
 
 
-def _write_samples(path, rows: list[dict]) -> Path:
-    """`rows` as JSON lines (NaN as null), replacing `path`."""
-    from benchmark.results import _nan_to_none
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(_nan_to_none(row), ensure_ascii=False, allow_nan=False) + "\n")
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _parse_seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in re.split(r"[,\s]+", text.strip()) if s)
-    except ValueError:
-        raise EvaluationError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise EvaluationError("--seeds is empty")
-    return seeds
-
-
 def format_table(records: list[dict]) -> str:
+    """The records of one evaluation as a text table: metric, mean, std and the per-seed values."""
     lines = [f"{'metric':<24}{'mean':>10}{'std':>9}  per seed"]
     for r in records:
         per = " ".join(f"{v:.2f}" for v in r["values"])
         lines.append(f"{r['metric']:<24}{r['mean']:>10.2f}{r['std']:>9.2f}  {per}")
     return "\n".join(lines)
-
-
-def cmd_evaluate(args) -> int:
-    import dataclasses
-
-    from benchmark import scales
-    from benchmark.config import for_scale
-    from benchmark.data import load_prepared  # lazily: data.py is optional until a data verb is used
-
-    if args.no_progress:  # transformers' own bars too ("Loading weights")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    cfg = for_scale(EvalConfig, scales.scale(args.scale).evaluation) if args.scale else EvalConfig()
-    changes = {}
-    if args.seeds:
-        changes["seeds"] = _parse_seeds(args.seeds)
-    if args.num_examples is not None:
-        changes["num_examples"] = args.num_examples
-    if args.batch_size is not None:
-        changes["batch_size"] = args.batch_size
-    cfg = dataclasses.replace(cfg, **changes)
-    records = evaluate_model(
-        args.model,
-        load_prepared(args.data),
-        cfg,
-        scorer=args.scorer,
-        entry=args.entry,
-        scale=args.scale,
-        results_path=args.results,
-        samples_path=args.samples,
-        progress=not args.no_progress,
-    )
-    print(format_table(records))
-    if args.results:
-        print(f"appended {len(records)} records to {args.results}")
-    if args.samples:
-        print(f"wrote {len(cfg.seeds)} x {records[0]['n_examples']} per-example samples to {args.samples}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    from benchmark import scales
-
-    s = subparsers.add_parser("evaluate", help="ROUGE-L over seeds + perplexity of one model (ref §5)")
-    s.add_argument("model", help="a local model directory or a hub id")
-    s.add_argument("--data", required=True, help="prepared data directory (python -m benchmark data)")
-    s.add_argument("--seeds", default=None, help="comma-separated evaluation seeds (default 10,20,30,40,50)")
-    s.add_argument(
-        "--scorer",
-        default=None,
-        help="fixed scorer model for perplexity_samples (the family's SFT "
-        "teacher); without it perplexity_samples is not computed",
-    )
-    s.add_argument("--num-examples", type=int, default=None, help="first N test examples (default: all)")
-    s.add_argument("--batch-size", type=int, default=None, help="generation batch size (results do not depend on it)")
-    s.add_argument("--results", default=None, help="results JSONL file or run directory to append records to")
-    s.add_argument(
-        "--samples",
-        default=None,
-        metavar="PATH",
-        help="JSONL file to write the per-example samples to, one line per (seed, example): text, ROUGE-L, exact "
-        "match and the NLLs each perplexity is built from (replaced if it exists)",
-    )
-    s.add_argument("--entry", default=None, help="registry entry key the model belongs to, e.g. gpt2/1.5B>120M")
-    s.add_argument(
-        "--scale",
-        default=None,
-        choices=list(scales.SCALES),
-        help="apply this scale's evaluation settings (lengths, seeds, examples); default: the paper protocol",
-    )
-    s.add_argument("--no-progress", action="store_true", help="no progress bars (ours or transformers')")
-    s.set_defaults(func=cmd_evaluate)

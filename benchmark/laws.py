@@ -166,7 +166,7 @@ def _check_order(ladder_labels: Sequence[str], teacher: str, student: str) -> No
 
 
 def family_ladder(family: str, student: str, teacher: str | None = None) -> Ladder:
-    """A registered family's sizes with the paper-scale parameter counts plan.py uses (`plan._PAPER_PARAMS_B`)."""
+    """A registered family's sizes with the paper-scale parameter counts plan.py uses (`plan.PAPER_PARAMS_B`)."""
     if family not in registry.FAMILIES:
         hint = difflib.get_close_matches(family, list(registry.FAMILIES), n=1)
         raise PlannerError(
@@ -175,7 +175,7 @@ def family_ladder(family: str, student: str, teacher: str | None = None) -> Ladd
             + f"; families are {', '.join(registry.FAMILIES)}, or give any ladder with --sizes"
         )
     fam = registry.FAMILIES[family]
-    params = tuple(plan._PAPER_PARAMS_B.get(s, parse_size(s)) for s in fam.sizes)
+    params = tuple(plan.PAPER_PARAMS_B.get(s, parse_size(s)) for s in fam.sizes)
     t = _resolve(teacher, fam.sizes, params, family, "teacher") if teacher else fam.teacher
     s = _resolve(student, fam.sizes, params, family, "student")
     _check_order(fam.sizes, t, s)
@@ -185,7 +185,7 @@ def family_ladder(family: str, student: str, teacher: str | None = None) -> Ladd
         teacher=t,
         student=s,
         family=family,
-        params_note="parameter counts of the public checkpoints (plan.py's _PAPER_PARAMS_B)",
+        params_note="parameter counts of the public checkpoints (plan.py's PAPER_PARAMS_B)",
     )
 
 

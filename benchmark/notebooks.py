@@ -12,7 +12,6 @@ notebooks/stages.ipynb then writes `<out>/stages.md` from the run directory's st
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,58 +128,3 @@ def _kernel_config():
     if not KernelManager.class_traits().get("transport_encryption"):
         return Config()
     return Config({"KernelManager": {"transport_encryption": "auto"}})
-
-
-def cmd_notebooks(args: argparse.Namespace) -> int:
-    artefacts = [a.strip() for a in args.only.split(",")] if args.only else list(registry.ARTEFACTS)
-    out = run_notebooks(
-        args.results,
-        args.scale,
-        args.out,
-        artefacts,
-        tolerances=Tolerances(args.rouge_tol_min, args.ppl_rel_tol, args.std_multiplier),
-        overrides=_overrides_arg(args.overrides),
-        retrain_one_step=args.retrain_one_step,
-    )
-    print(f"wrote {', '.join(artefacts)} and stages.md to {out} (checks: {out / 'checks.json'})")
-    return 0
-
-
-def _overrides_arg(text: str | None) -> dict:
-    import json
-
-    try:
-        value = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        example = '{"minillm": {"lr": 1e-4}}'
-        raise NotebookError(f"--overrides: not valid JSON ({exc}); e.g. --overrides '{example}'") from None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise NotebookError("--overrides: expected a JSON object {KIND: {field: value}}, as run --set KIND=... takes")
-    return value
-
-
-def add_cli(subparsers) -> None:
-    d = DEFAULT_TOLERANCES
-    s = subparsers.add_parser(
-        "notebooks", help="regenerate the tables, Figure 2 and stages.md from a results directory"
-    )
-    s.add_argument("--results", required=True, help="results directory (holds results.jsonl)")
-    s.add_argument("--scale", required=True, choices=list(scales.SCALES), help="the scale whose records to tabulate")
-    s.add_argument("--out", default=None, help="output directory (default paper_tables/<scale>)")
-    s.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(registry.ARTEFACTS)}")
-    s.add_argument(
-        "--overrides",
-        default=None,
-        metavar="JSON",
-        help="show the records of a run made with these --set overrides, {KIND: {field: value}} (default: the "
-        "scale's own configs); entries the overrides do not change keep their default records",
-    )
-    s.add_argument(
-        "--retrain-one-step",
-        action="store_true",
-        help="the run was made with run --retrain-one-step (paper scale): stages.md shows its one-step hops",
-    )
-    s.add_argument("--rouge-tol-min", type=float, default=d.rouge_min, help="ROUGE-L band floor, points")
-    s.add_argument("--ppl-rel-tol", type=float, default=d.ppl_rel, help="perplexity band floor, relative")
-    s.add_argument("--std-multiplier", type=float, default=d.std_multiplier, help="band = max(floor, k * std)")
-    s.set_defaults(func=cmd_notebooks)

@@ -7,7 +7,8 @@ Stage kinds (one per box of the paper's Figure 1, plus data and evaluation):
   data      prepare one family's data at a scale (synthetic at small/tiny, dolly-15k + PT corpus at paper)
   sft       the SFT teacher or a student's SFT init (MiniLLM phase 1), only where no public checkpoint is used
   distill   one MiniLLM hop: the student's own SFT init distilled from a teacher *stage* (a reference, never a path)
-  evaluate  ROUGE-L over the five seeds + the three perplexities of one entry's final model
+  evaluate  ROUGE-L over the five seeds + the three perplexities of one entry's final model (for an SFT-only
+            baseline, `gpt2/120M`, the student's SFT init: the same stage its hops start from)
 
 A stage's identity is a hash of its kind, its versioned config and the identities of its inputs; its directory is
 `stages/<readable name>-<hash>`. Entries that share a prefix (1.5B>760M is the first hop of three GPT-2 entries)
@@ -169,8 +170,9 @@ def build_plan(
 
     entry_stage = {}
     for e in entries:
-        model = final_stage(e.family, e.path)
-        scorer = model_stage(e.family, e.path[0], "teacher")
+        # an SFT-only baseline evaluates the student's SFT init itself, the stage its hops distil
+        model = model_stage(e.family, e.student, "init") if e.label == "sft" else final_stage(e.family, e.path)
+        scorer = model_stage(e.family, registry.FAMILIES[e.family].teacher, "teacher")
         cfg = {"entry": e.key, "evaluation": to_dict(evaluation)}
         entry_stage[e.key] = add(
             Stage(
@@ -246,7 +248,7 @@ def stage_status(stage: Stage, run_dir: Path) -> str:
 # student + teacher: about 20 V100-hours per billion parameters for 5000 steps.
 _SMALL_SECONDS = {"data": 6, "sft": 138, "distill": 85, "evaluate": 27}  # means of the 2026-11-29 smoke run, 1 thread
 _TINY_SECONDS = {"data": 2, "sft": 8, "distill": 10, "evaluate": 6}
-_PAPER_PARAMS_B = {
+PAPER_PARAMS_B = {
     "1.5B": 1.56,
     "760M": 0.77,
     "340M": 0.36,
@@ -278,7 +280,7 @@ def stage_cost_value(stage: Stage, scale_name: str) -> tuple[float, str] | None:
         return seconds, "s CPU"
     if stage.kind == "distill":
         path = stage.config["path"]
-        params = _PAPER_PARAMS_B[path[-1]] + _PAPER_PARAMS_B[path[-2]]
+        params = PAPER_PARAMS_B[path[-1]] + PAPER_PARAMS_B[path[-2]]
         return 20 * params * _hop_budget_ratio(stage, scale_name), "V100-GPU-h"
     if stage.kind == "evaluate":
         return 1.0, "GPU-h"

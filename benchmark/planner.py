@@ -25,9 +25,7 @@ V100-GPU-hours per billion parameters of student + teacher (`plan.stage_cost_val
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -410,86 +408,3 @@ def format_table(suggestions: Sequence[dict], by: str, scale: str, results=None)
     if intervals:
         out.append("ROUGE-L: measured mean [95 % interval]; " + "; ".join(intervals))
     return "\n".join(out)
-
-
-def cmd_suggest(args: argparse.Namespace) -> int:
-    suggestions = suggest(
-        family=args.family,
-        sizes=args.sizes,
-        student=args.student,
-        teacher=args.teacher,
-        results=args.results,
-        scale=args.scale,
-        by=args.by,
-    )
-    if args.format == "json":
-        print(json.dumps(suggestions, indent=2, ensure_ascii=False))
-    else:
-        print(format_table(suggestions, args.by, args.scale, args.results))
-    return 0
-
-
-def cmd_figure1(args: argparse.Namespace) -> int:
-    print(f"wrote {tables.draw_figure1(args.out)}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from benchmark.notebooks import run_planner_report
-
-    print(f"wrote {run_planner_report(args.results, args.scale, args.out)}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    laws = "; ".join(f"{law.id}: {law.formula}" for law in LAWS.values())
-    s = subparsers.add_parser(
-        "suggest",
-        help="rank every distillation path (which TAs?) by the capacity-gap, TAKD, DGKD and the paper's laws",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--family", help=f"a registered family ({', '.join(registry.FAMILIES)})")
-    where.add_argument(
-        "--sizes",
-        help="any size ladder, comma-separated, e.g. 12B,6.9B,2.8B,1.4B,410M,160M (the Pythia suite); parameter "
-        "counts are read from the names",
-    )
-    s.add_argument("--student", required=True, help="the student size, e.g. 120M")
-    s.add_argument("--teacher", help="the teacher size (default: the family's teacher / the ladder's largest size)")
-    s.add_argument(
-        "--results",
-        metavar="RUN",
-        help="a results directory: measured ROUGE-L (95 %% interval) per path, measured quality for the quality laws, "
-        "and only the hops whose stages are not done in RUN are costed",
-    )
-    s.add_argument(
-        "--scale",
-        default="paper",
-        choices=list(scales.SCALES),
-        help="the scale of the cost model and of the records read from --results (default paper)",
-    )
-    s.add_argument(
-        "--by",
-        default=DEFAULT_LAW,
-        choices=list(RANK_BY),
-        metavar="LAW",
-        help=f"rank by this law (lower score first; ties: fewer hops first), default {DEFAULT_LAW}; or 'measured' "
-        f"(ROUGE-L from --results, highest first). Laws: {laws}",
-    )
-    s.add_argument("--format", choices=["table", "json"], default="table", help="a table (default) or JSON, best first")
-    s.set_defaults(func=cmd_suggest)
-
-    f = subparsers.add_parser("figure1", help="draw the paper's Figure 1 (one-step vs multi-step) from the registry")
-    f.add_argument("--out", default=str(FIGURE1), help="output PNG (default paper_tables/figure1.png)")
-    f.set_defaults(func=cmd_figure1)
-
-    r = subparsers.add_parser(
-        "planner-report",
-        help="each law's ranking next to the measured one, with Kendall's tau (notebooks/planner.ipynb)",
-    )
-    r.add_argument("--results", help="results directory (default: none; the paper's numbers only)")
-    r.add_argument("--scale", default="small", choices=list(scales.SCALES), help="scale of the results (default small)")
-    r.add_argument("--out", help="output directory (default paper_tables/<scale>)")
-    r.set_defaults(func=cmd_report)

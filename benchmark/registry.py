@@ -1,6 +1,7 @@
-"""The paper, as data: model families, their public checkpoints, the 16 paper entries and their published numbers.
+"""The paper, as data: model families, their public checkpoints, the 16 paper entries and their published numbers,
+and the 6 SFT-only baselines.
 
-    python -m benchmark ls                       # 16 entries with their published ROUGE-L / perplexity
+    python -m benchmark ls                       # 22 entries with their published ROUGE-L / perplexity
     python -m benchmark show gpt2/1.5B>760M>120M --scale small
     python -m benchmark validate                 # resolves every entry at every scale
 
@@ -9,6 +10,10 @@ decreasing order: `gpt2/1.5B>760M>120M` distils 1.5B -> 760M (TA) -> 120M. `gpt2
 Every such path is a row of Tables 1-4 of Yim, Ko & Bharadwaj, "Beyond One-Step Distillation" (EACL 2026 SRW,
 `shared/paper/mskd-paper.txt`); the OPT paths are the bars of its Figure 2.
 
+A student size alone, `gpt2/120M`, is that student's SFT init with no distillation: MiniLLM's "SFT w/o KD" row
+(Gu et al. 2024, Table 1), the baseline every distillation path has to beat. The seed paper has no such row, so
+these entries have no published number; MiniLLM's own values are kept beside them as references, never checked.
+
 How big each size is at the `paper`, `small` and `tiny` scales is `benchmark.scales`.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -116,6 +122,20 @@ _TABLES = {"gpt2": (1, 3), "opt": (2, 4)}
 _FIGURES = {"gpt2": (), "opt": (2,)}
 
 
+# MiniLLM's "SFT w/o KD" rows, Dolly ROUGE-L (Gu et al. 2024, Table 1), as read from secondary copies of the table
+# (shared/research/published-verification.md §1.2): context for the SFT-only baselines, never checked. MiniLLM
+# reports no perplexity. The GPT-2 340M and OPT 2.7B rows were not located in any copy.
+_MINILLM_SFT = "MiniLLM (Gu et al. 2024) Table 1, SFT w/o KD; secondary copy (published-verification.md §1.2)"
+_SFT_REFERENCE: dict[str, tuple[float | None, str]] = {
+    "gpt2/760M": (25.4, _MINILLM_SFT),
+    "gpt2/340M": (None, "MiniLLM (Gu et al. 2024) Table 1, SFT w/o KD: not located"),
+    "gpt2/120M": (23.3, _MINILLM_SFT + "; another copy gives 23.2"),
+    "opt/6.7B": (27.6, _MINILLM_SFT),
+    "opt/2.7B": (None, "MiniLLM (Gu et al. 2024) Table 1, SFT w/o KD: not located"),
+    "opt/1.3B": (26.0, _MINILLM_SFT),
+}
+
+
 @dataclass(frozen=True)
 class Published:
     rouge_l: float | None
@@ -125,8 +145,16 @@ class Published:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """Another paper's number for a row the seed paper does not have: shown beside it for context, never checked."""
+
+    rouge_l: float | None  # None: the row was not located
+    source: str
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One row of the paper: a distillation path, teacher first."""
+    """One row: a distillation path, teacher first, or a student alone (its SFT-only baseline)."""
 
     key: str
     family: Arch
@@ -134,6 +162,7 @@ class Entry:
     tables: tuple[int, ...]
     figures: tuple[int, ...]
     published: Published
+    reference: Reference | None = None  # only the SFT-only baselines have one
 
     @property
     def student(self) -> str:
@@ -145,15 +174,29 @@ class Entry:
 
     @property
     def label(self) -> str:
-        """The paper's row label: `teacher`, `minillm` (one-step, MiniLLM's own numbers) or `ours` (multi-step)."""
-        return {0: "teacher", 1: "minillm"}.get(self.hops, "ours")
+        """The row label: `teacher`, `sft` (a student's SFT init, MiniLLM's "SFT w/o KD"), `minillm` (one-step,
+        MiniLLM's own numbers) or `ours` (multi-step)."""
+        if self.hops == 0:
+            return "teacher" if self.path[0] == FAMILIES[self.family].teacher else "sft"
+        return "minillm" if self.hops == 1 else "ours"
+
+    @property
+    def roles(self) -> tuple[tuple[str, str], ...]:
+        """(role, size) of each model of the path: `teacher`, `TA`s, `student`; a baseline's one model is a
+        `student`."""
+        if self.label == "sft":
+            return (("student", self.student),)
+        return tuple(
+            ("teacher" if i == 0 else "student" if i == self.hops else "TA", size) for i, size in enumerate(self.path)
+        )
 
     @property
     def tas(self) -> tuple[str, ...]:
         return self.path[1:-1]
 
     def prefix(self) -> str | None:
-        """The key of the entry whose final model is this entry's last teacher (None for the teacher row)."""
+        """The key of the entry whose final model is this entry's last teacher (None for the teacher row and the
+        baselines)."""
         return path_key(self.family, self.path[:-1]) if self.hops else None
 
 
@@ -162,11 +205,12 @@ def path_key(family: str, path: tuple[str, ...] | list[str]) -> str:
 
 
 def parse_key(key: str) -> tuple[Arch, tuple[str, ...]]:
-    """Split and validate `family/size>size>...`; raises RegistryError with what is wrong and what would work."""
+    """Split and validate `family/teacher>...>student` or `family/size` (a size alone: the teacher row, or a student's
+    SFT-only baseline); raises RegistryError with what is wrong and what would work."""
     if "/" not in key:
         raise RegistryError(
-            f"{key!r} is not an entry key: expected 'family/teacher>...>student', "
-            f"e.g. 'gpt2/1.5B>760M>120M' (families: {', '.join(FAMILIES)})"
+            f"{key!r} is not an entry key: expected 'family/teacher>...>student' or 'family/size', "
+            f"e.g. 'gpt2/1.5B>760M>120M' or 'gpt2/120M' (families: {', '.join(FAMILIES)})"
         )
     fam_name, _, path_str = key.partition("/")
     if fam_name not in FAMILIES:
@@ -198,10 +242,10 @@ def parse_key(key: str) -> tuple[Arch, tuple[str, ...]]:
             f"{key!r} is not in decreasing size order; every hop must distil into a smaller "
             f"model ({' > '.join(fam.sizes)})"
         )
-    if path[0] != fam.teacher:
+    if len(path) > 1 and path[0] != fam.teacher:
         raise RegistryError(
             f"{key!r} does not start at the {fam_name} teacher {fam.teacher}; paper paths are "
-            f"'{fam_name}/{fam.teacher}>...'"
+            f"'{fam_name}/{fam.teacher}>...' (a size alone, '{fam_name}/{path[-1]}', is its SFT-only baseline)"
         )
     return fam.name, path
 
@@ -211,6 +255,18 @@ def _build_entries() -> dict[str, Entry]:
     for fam in FAMILIES.values():
         t_rouge, t_ppl = _TABLES[fam.name]
         middle = fam.sizes[1:]
+        for size in middle:
+            key = path_key(fam.name, (size,))
+            ref, source = _SFT_REFERENCE[key]
+            entries[key] = Entry(
+                key=key,
+                family=fam.name,
+                path=(size,),
+                tables=(t_rouge, t_ppl),
+                figures=_FIGURES[fam.name],
+                published=Published(None, None, "not in the paper", "not in the paper"),
+                reference=Reference(rouge_l=ref, source=source),
+            )
         # Every subset of the smaller sizes, kept in decreasing order, gives one path; the empty subset is the
         # teacher row. 2**3 = 8 paths per family.
         for r in range(len(middle) + 1):
@@ -231,9 +287,14 @@ def _build_entries() -> dict[str, Entry]:
                         perplexity_source=f"Table {t_ppl}",
                     ),
                 )
-    # Keep the paper's row order within each table (teacher, then students largest first, one-step before
-    # multi-step), which is the order of _PUBLISHED.
-    return {k: entries[k] for k in _PUBLISHED}
+    # The paper's row order within each table (teacher, then students largest first, one-step before multi-step:
+    # the order of _PUBLISHED), each student's SFT-only baseline first, before its one-step row.
+    order = []
+    for k in _PUBLISHED:
+        if entries[k].hops == 1:
+            order.append(path_key(entries[k].family, (entries[k].student,)))
+        order.append(k)
+    return {k: entries[k] for k in order}
 
 
 ENTRIES: MappingProxyType[str, Entry] = MappingProxyType(_build_entries())
@@ -279,3 +340,40 @@ def select(names: list[str] | tuple[str, ...]) -> list[Entry]:
                 + f"; use one of {', '.join(options)} or an entry key like 'gpt2/1.5B>760M>120M'"
             )
     return [ENTRIES[k] for k in ENTRIES if k in chosen]
+
+
+def number_str(x: float | None) -> str:
+    """A published number as the CLI prints it: two decimals, "-" where the paper has none."""
+    return "-" if x is None else f"{x:.2f}"
+
+
+def entries_table() -> str:
+    """`python -m benchmark ls`: one line per entry with its label, tables and published numbers."""
+    lines = [f"{'key':<28} {'label':<8} {'tables':<8} {'ROUGE-L':>8} {'PPL':>7}"]
+    for e in ENTRIES.values():
+        tables = ",".join(map(str, e.tables)) + ("+F2" if e.figures else "")
+        lines.append(
+            f"{e.key:<28} {e.label:<8} {tables:<8} {number_str(e.published.rouge_l):>8} "
+            f"{number_str(e.published.perplexity):>7}"
+        )
+    return "\n".join(lines)
+
+
+def entries_json() -> str:
+    """`python -m benchmark ls --format json`: every entry with its path, artefacts, published numbers, sources and
+    (SFT-only baselines) MiniLLM's reference value."""
+    rows = [
+        {
+            "key": e.key,
+            "family": e.family,
+            "path": list(e.path),
+            "tables": list(e.tables),
+            "figures": list(e.figures),
+            "label": e.label,
+            "published": {"rouge_l": e.published.rouge_l, "perplexity": e.published.perplexity},
+            "sources": {"rouge_l": e.published.rouge_l_source, "perplexity": e.published.perplexity_source},
+            "reference": {"rouge_l": e.reference.rouge_l, "source": e.reference.source} if e.reference else None,
+        }
+        for e in ENTRIES.values()
+    ]
+    return json.dumps(rows, indent=2)

@@ -18,7 +18,6 @@ stage's own, so the results store never shrinks.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import fcntl
@@ -40,8 +39,7 @@ from tqdm.auto import tqdm
 from benchmark import BenchmarkError, registry, results, scales
 from benchmark.config import resolve
 from benchmark.data import file_manifest, manifest_problems
-from benchmark.plan import CONFIG_KIND, DONE_FILE, Plan, Stage, build_plan, describe, stage_status, write_stage_spec
-from benchmark.plan import __doc__ as plan_doc
+from benchmark.plan import CONFIG_KIND, DONE_FILE, Plan, Stage, stage_status, write_stage_spec
 
 FAILED_FILE = "FAILED.json"  # written by a stage that raised: what failed and what to do
 
@@ -398,10 +396,10 @@ def _write_spec(stage: Stage, plan: Plan, run_dir: Path) -> Path:
     try:
         return write_stage_spec(stage, plan, run_dir)
     except OSError as exc:
-        raise RunError(_os_error_sentence(exc, run_dir)) from None
+        raise RunError(os_error_sentence(exc, run_dir)) from None
 
 
-def _os_error_sentence(exc: OSError, where: Path) -> str:
+def os_error_sentence(exc: OSError, where: Path) -> str:
     if exc.errno == errno.ENOSPC:
         return (
             f"no space left on the device that holds {where}: free some space (`--prune-checkpoints` drops the "
@@ -490,7 +488,7 @@ def failure_advice(exc: BaseException, stage_dir: Path) -> str:
             "benchmark/registry.py) and rerun; rerunning unchanged fails the same way"
         )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return _os_error_sentence(exc, stage_dir)
+        return os_error_sentence(exc, stage_dir)
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return OOM_ADVICE
     if any(m in text for m in _DAMAGED) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL):
@@ -649,11 +647,11 @@ def _execute_data(spec: dict, stage_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CLI
+# Before and after a run: what `run` checks first and prints last
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _preflight(scale_name: str) -> None:
+def preflight(scale_name: str) -> None:
     """Paper scale needs GPUs and the Hugging Face Hub: say so before any work."""
     if scale_name != "paper":
         return
@@ -668,66 +666,6 @@ def _preflight(scale_name: str) -> None:
             "`nox -s smoke` (whole paper on a CPU) or add `-- --scale small` to a reproduce session; "
             "`python -m benchmark plan ... --scale paper` shows what paper scale would do."
         )
-
-
-OVERRIDE_KINDS = ("sft", "minillm", "evaluation")
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """`--set KIND=JSON` options -> {kind: {field: value}}; later options update earlier ones.
-
-    KIND is a stage config (sft -> config.SFTConfig, minillm -> MiniLLMConfig, evaluation -> EvalConfig), JSON an
-    object of its fields, applied on top of the scale's values; changed fields change the stage hashes, so only the
-    stages that depend on them rerun. Example (1024-rollout hops at small scale, half the default budget; README
-    "Small scale" gives the previous 256-rollout one):
-        --set minillm='{"rollouts_per_phase": 512, "batch_size": 128}'
-    """
-    out: dict[str, dict] = {}
-    for item in items:
-        kind, sep, text = item.partition("=")
-        if not sep or kind not in OVERRIDE_KINDS:
-            raise RunError(f"--set {item!r}: expected KIND=JSON with KIND one of {', '.join(OVERRIDE_KINDS)}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RunError(
-                f"--set {kind}=...: not valid JSON ({e}); quote it, e.g. --set {kind}='{{\"lr\": 1e-4}}'"
-            ) from None
-        if not isinstance(value, dict):
-            raise RunError(f"--set {kind}=...: expected a JSON object of config fields, got {type(value).__name__}")
-        out.setdefault(kind, {}).update(value)
-    return out
-
-
-def _plan_from_args(args) -> Plan:
-    overrides = parse_overrides(getattr(args, "overrides", None) or [])
-    return build_plan(args.targets, args.scale, retrain_one_step=args.retrain_one_step, overrides=overrides)
-
-
-def _run_dir(args) -> Path:
-    return Path(args.out or f"runs/{args.scale}")
-
-
-def cmd_plan(args) -> int:
-    print(describe(_plan_from_args(args), _run_dir(args)))
-    return 0
-
-
-def cmd_run(args) -> int:
-    _preflight(args.scale)
-    plan = _plan_from_args(args)
-    run_dir = _run_dir(args)
-    redo = resolve_redo(plan, args.redo or [])
-    print(describe(plan, run_dir))
-    try:
-        run_plan(plan, run_dir, jobs=args.jobs, prune_checkpoints=args.prune_checkpoints, redo=redo)
-    except BrokenPipeError:  # `run ... | head`: the reader left; __main__ exits quietly
-        raise
-    except OSError as exc:
-        raise RunError(_os_error_sentence(exc, run_dir)) from None
-    print(entry_summary(plan, run_dir))
-    print(f"results: {run_dir / 'results.jsonl'}")
-    return 0
 
 
 def entry_summary(plan: Plan, run_dir: Path) -> str:
@@ -751,18 +689,6 @@ def entry_summary(plan: Plan, run_dir: Path) -> str:
             f"{cell(recs, 'perplexity_gold'):>12}"
         )
     return "\n".join(lines)
-
-
-def cmd_reproduce(args) -> int:
-    cmd_run(args)
-    from benchmark.notebooks import run_notebooks
-
-    plan = _plan_from_args(args)
-    run_dir = _run_dir(args)
-    artefacts = [a for a in registry.ARTEFACTS if a in args.targets] or list(registry.ARTEFACTS)
-    out = run_notebooks(run_dir, args.scale, artefacts=tuple(artefacts), overrides=plan.overrides)
-    print(f"tables and figure: {out}")
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -813,17 +739,6 @@ def status_table(run_dir: Path, plan: Plan | None = None) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args) -> int:
-    run_dir = Path(args.out)
-    if not run_dir.exists():
-        raise RunError(f"{run_dir} does not exist: give the --out directory of a run")
-    plan = None
-    if args.targets:
-        plan = build_plan(args.targets, args.scale, overrides=parse_overrides(args.overrides or []))
-    print(status_table(run_dir, plan))
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Stage processes die with the runner
 # ----------------------------------------------------------------------------------------------------------------
@@ -847,18 +762,12 @@ def die_with_parent() -> None:
         sys.exit(f"the run (pid {expected}) that started this stage is gone; not starting")
 
 
-def cmd_stage(args) -> int:
-    die_with_parent()
-    execute_stage(Path(args.stage_dir))
-    return 0
-
-
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
 
 
-def cmd_guard(args) -> int:
+def guard(command: list[str]) -> int:
     """Run a command (a launcher) in its own process group; when this guard is told to stop, or its parent dies,
     stop the whole group (SIGTERM, SIGKILL 30 s later): `python -m benchmark _guard deepspeed ...`. The guard ends
     as its command did: with its exit code, or killed by the same signal (so the runner's report can say so)."""
@@ -879,102 +788,10 @@ def cmd_guard(args) -> int:
         signal.signal(sig, stop)
     die_with_parent()
     os.environ.pop(PARENT_VAR, None)  # the launched ranks' parent is the launcher, not the runner
-    proc = subprocess.Popen(args.command, start_new_session=True)
+    proc = subprocess.Popen(command, start_new_session=True)
     code = proc.wait()
     if code < 0:  # killed by a signal: die of the same one
         with contextlib.suppress(OSError, ValueError):  # SIGKILL/SIGSTOP have no handler to reset
             signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of concurrent stages, got {text!r}")
-    return n
-
-
-_HELP = {
-    "plan": "print the stage DAG the targets need, with status and cost",
-    "run": "run the stages the targets need (cached, verified, resumable)",
-    "reproduce": "run, then regenerate the tables and figures into paper_tables/<scale>",
-}
-_DESCRIPTIONS = {
-    "plan": "Print the stage DAG the targets need at a scale: each stage's status in the run directory "
-    "(run / resume / done / sourced), its estimated cost and its inputs, and the total cost of what is left. "
-    "Runs nothing.",
-    "run": "Run the stages the targets need: cached (finished stages are verified and reused), resumable (an "
-    "interrupted stage continues from its last checkpoint), concurrent where the DAG allows.",
-    "reproduce": "Run the stages the targets need, then regenerate their tables and figures (notebooks -> "
-    "paper_tables/<scale>/) and stages.md.",
-}
-
-
-def add_cli(sub) -> None:
-    for verb, func in (("plan", cmd_plan), ("run", cmd_run), ("reproduce", cmd_reproduce)):
-        p = sub.add_parser(
-            verb,
-            help=_HELP[verb],
-            description=_DESCRIPTIONS[verb] + "\n\n" + (plan_doc if verb == "plan" else __doc__).split("\n\n", 1)[1],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument("targets", nargs="+", help="table1..table4, figure2, all, a family, or entry keys")
-        p.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="paper, small or tiny")
-        p.add_argument("--out", help="run directory (default runs/<scale>)")
-        p.add_argument(
-            "--retrain-one-step",
-            action="store_true",
-            help="paper scale: train the one-step hops here instead of using MiniLLM's checkpoints",
-        )
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            metavar="KIND=JSON",
-            help="override stage configs on top of the scale's: KIND is sft, minillm or evaluation, JSON an object of "
-            "its fields (repeatable); only the stages that depend on a changed field rerun",
-        )
-        if verb == "plan":
-            p.set_defaults(func=func)
-            continue
-        p.add_argument(
-            "--jobs",
-            type=_positive_int,
-            help="concurrent stages (default: 1 per CPU core; on GPUs 1, and N splits the GPUs into N groups)",
-        )
-        p.add_argument(
-            "--redo",
-            action="append",
-            metavar="STAGE_OR_KEY",
-            help="run this stage again (a stage name such as distill-gpt2-1.5B_760M, a stage directory, or an entry "
-            "key: the stage that trains its final model), and every stage downstream of it; the old directories "
-            "are moved to RUN/attic (repeatable)",
-        )
-        p.add_argument(
-            "--prune-checkpoints",
-            action="store_true",
-            help="delete each finished stage's resumable checkpoints (its selected model stays)",
-        )
-        p.set_defaults(func=func)
-    p = sub.add_parser(
-        "status",
-        help="the state of every stage of a run directory",
-        description="Every stage of a run directory: done / running / failed / damaged / interrupted / pending, "
-        "with its log. With targets (and --scale), the stages those targets need, including those not started.",
-    )
-    p.add_argument("targets", nargs="*", help="optional: tables or entry keys whose stages to list")
-    p.add_argument("--out", required=True, help="the run directory")
-    p.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="scale of the targets")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KIND=JSON", help="as for run")
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("_stage")
-    p.add_argument("stage_dir")
-    p.add_argument("--local_rank", type=int, default=0)
-    p.set_defaults(func=cmd_stage)
-    p = sub.add_parser("_guard")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_guard)

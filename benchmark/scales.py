@@ -16,7 +16,7 @@ import difflib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from benchmark.registry import FAMILIES, Arch, RegistryError
+from benchmark.registry import ENTRIES, FAMILIES, Arch, RegistryError, number_str, parse_key
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 # are padding here: valid-only whitening did not help either (calibration.md)
             ),
             evaluation=dict(max_prompt_length=128, generation={"max_new_tokens": 48}, batch_size=50, precision="fp32"),
-            why="CPU budget: `nox -s smoke` must run all 16 entries (8 SFT, 14 hops, 16 evaluations) in <= 30 min "
+            why="CPU budget: `nox -s smoke` must run all 22 entries (8 SFT, 14 hops, 22 evaluations) in <= 30 min "
             "on 2 cores; see README 'Small scale' for the measured size ordering.",
         ),
         "tiny": Scale(
@@ -337,3 +337,33 @@ def scale(name: str) -> Scale:
             + f"; scales: {', '.join(SCALES)}"
         )
     return SCALES[name]
+
+
+def validate_all() -> str:
+    """Resolve every entry at every scale (`python -m benchmark validate`): each key parses and each model of each
+    path has a buildable config. Returns the one-line count; a bad entry raises with its key."""
+    for sc in SCALES.values():
+        for e in ENTRIES.values():
+            parse_key(e.key)
+            for size in e.path:
+                spec = sc.model(e.family, size)
+                if not spec.from_hub:
+                    spec.model_config(vocab_size=100, n_positions=64, tokenizer_ids={"bos": 0, "eos": 0, "pad": 0})
+    n = len(ENTRIES) * len(SCALES)
+    return f"ok: {len(ENTRIES)} entries x {len(SCALES)} scales = {n} resolved"
+
+
+def describe_entry(e, sc: Scale) -> str:
+    """`python -m benchmark show KEY --scale S`: the entry, its published numbers and each model at the scale."""
+    published = e.published
+    lines = [
+        f"{e.key}  ({e.label}; Tables {', '.join(map(str, e.tables))}"
+        + (f"; Figure {', '.join(map(str, e.figures))})" if e.figures else ")"),
+        f"published: ROUGE-L {number_str(published.rouge_l)} ({published.rouge_l_source}), "
+        f"perplexity {number_str(published.perplexity)} ({published.perplexity_source})",
+    ]
+    if e.reference:
+        lines.append(f"reference (not checked): ROUGE-L {number_str(e.reference.rouge_l)} ({e.reference.source})")
+    lines.append(f"scale {sc.name}: {sc.description}")
+    lines += [f"  {role:<8} {size:<6} {sc.model(e.family, size).describe()}" for role, size in e.roles]
+    return "\n".join(lines)

@@ -41,6 +41,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark import data, scales
+
 CATEGORIES = (
     "open_qa",
     "closed_qa",
@@ -71,223 +73,55 @@ PT_SEQ_LEN = 128  # PT chunk length when a scale sets none (512 at paper scale, 
 # learns the syllables and a name costs 2-4 tokens.
 # --------------------------------------------------------------------------------------------------------------
 
+# One string of words per class, split: the order is part of the data (seeded draws index into it).
 LEXICON: dict[str, tuple[str, ...]] = {
-    "fruit": (
-        "apple",
-        "pear",
-        "plum",
-        "peach",
-        "cherry",
-        "grape",
-        "lemon",
-        "lime",
-        "mango",
-        "melon",
-        "banana",
-        "orange",
-        "kiwi",
-        "fig",
-        "apricot",
-        "papaya",
+    "fruit": tuple(
+        ("apple pear plum peach cherry grape lemon lime mango melon banana orange kiwi fig apricot papaya").split()
     ),
-    "vegetable": (
-        "carrot",
-        "potato",
-        "onion",
-        "garlic",
-        "cabbage",
-        "lettuce",
-        "pepper",
-        "turnip",
-        "radish",
-        "celery",
-        "spinach",
-        "leek",
-        "pea",
-        "bean",
-        "beet",
-        "squash",
+    "vegetable": tuple(
+        (
+            "carrot potato onion garlic cabbage lettuce pepper turnip radish celery spinach leek pea bean beet squash"
+        ).split()
     ),
-    "color": (
-        "red",
-        "blue",
-        "green",
-        "yellow",
-        "purple",
-        "pink",
-        "brown",
-        "black",
-        "white",
-        "gray",
-        "violet",
-        "cyan",
-        "teal",
-        "maroon",
-        "beige",
-        "amber",
+    "color": tuple(
+        ("red blue green yellow purple pink brown black white gray violet cyan teal maroon beige amber").split()
     ),
-    "tool": (
-        "hammer",
-        "saw",
-        "drill",
-        "wrench",
-        "chisel",
-        "pliers",
-        "shovel",
-        "rake",
-        "axe",
-        "ladder",
-        "spanner",
-        "trowel",
-        "crowbar",
-        "mallet",
-        "screwdriver",
-        "hoe",
+    "tool": tuple(
+        (
+            "hammer saw drill wrench chisel pliers shovel rake axe ladder spanner trowel crowbar mallet screwdriver hoe"
+        ).split()
     ),
-    "instrument": (
-        "piano",
-        "violin",
-        "guitar",
-        "flute",
-        "drum",
-        "trumpet",
-        "cello",
-        "harp",
-        "oboe",
-        "clarinet",
-        "banjo",
-        "tuba",
-        "organ",
-        "viola",
-        "bassoon",
-        "ukulele",
+    "instrument": tuple(
+        (
+            "piano violin guitar flute drum trumpet cello harp oboe clarinet banjo tuba organ viola bassoon ukulele"
+        ).split()
     ),
-    "sport": (
-        "tennis",
-        "soccer",
-        "rugby",
-        "golf",
-        "hockey",
-        "cricket",
-        "boxing",
-        "rowing",
-        "cycling",
-        "skiing",
-        "surfing",
-        "fencing",
-        "archery",
-        "judo",
-        "karate",
-        "baseball",
+    "sport": tuple(
+        (
+            "tennis soccer rugby golf hockey cricket boxing rowing cycling skiing surfing fencing archery "
+            "judo karate baseball"
+        ).split()
     ),
-    "vehicle": (
-        "car",
-        "bus",
-        "truck",
-        "tram",
-        "train",
-        "bicycle",
-        "scooter",
-        "van",
-        "taxi",
-        "ferry",
-        "canoe",
-        "yacht",
-        "tractor",
-        "wagon",
-        "motorcycle",
-        "helicopter",
+    "vehicle": tuple(
+        (
+            "car bus truck tram train bicycle scooter van taxi ferry canoe yacht tractor wagon motorcycle helicopter"
+        ).split()
     ),
-    "bird": (
-        "eagle",
-        "owl",
-        "swan",
-        "crow",
-        "robin",
-        "sparrow",
-        "parrot",
-        "pigeon",
-        "duck",
-        "goose",
-        "heron",
-        "falcon",
-        "hawk",
-        "raven",
-        "finch",
-        "stork",
+    "bird": tuple(
+        ("eagle owl swan crow robin sparrow parrot pigeon duck goose heron falcon hawk raven finch stork").split()
     ),
-    "drink": (
-        "tea",
-        "coffee",
-        "milk",
-        "juice",
-        "water",
-        "cocoa",
-        "lemonade",
-        "soda",
-        "cider",
-        "broth",
-        "smoothie",
-        "espresso",
-        "latte",
-        "kefir",
-        "punch",
-        "wine",
+    "drink": tuple(
+        ("tea coffee milk juice water cocoa lemonade soda cider broth smoothie espresso latte kefir punch wine").split()
     ),
-    "clothing": (
-        "shirt",
-        "coat",
-        "jacket",
-        "scarf",
-        "glove",
-        "sock",
-        "boot",
-        "hat",
-        "dress",
-        "skirt",
-        "sweater",
-        "vest",
-        "tie",
-        "belt",
-        "shoe",
-        "cap",
+    "clothing": tuple(
+        ("shirt coat jacket scarf glove sock boot hat dress skirt sweater vest tie belt shoe cap").split()
     ),
-    "furniture": (
-        "chair",
-        "table",
-        "sofa",
-        "bed",
-        "desk",
-        "shelf",
-        "stool",
-        "bench",
-        "cabinet",
-        "dresser",
-        "wardrobe",
-        "couch",
-        "armchair",
-        "bookcase",
-        "cupboard",
-        "crib",
+    "furniture": tuple(
+        (
+            "chair table sofa bed desk shelf stool bench cabinet dresser wardrobe couch armchair bookcase cupboard crib"
+        ).split()
     ),
-    "animal": (
-        "dog",
-        "cat",
-        "horse",
-        "cow",
-        "sheep",
-        "goat",
-        "pig",
-        "lion",
-        "tiger",
-        "bear",
-        "wolf",
-        "fox",
-        "rabbit",
-        "deer",
-        "mouse",
-        "zebra",
-    ),
+    "animal": tuple(("dog cat horse cow sheep goat pig lion tiger bear wolf fox rabbit deer mouse zebra").split()),
 }
 PLURAL = {
     "fruit": "fruits",
@@ -303,61 +137,21 @@ PLURAL = {
     "furniture": "pieces of furniture",
     "animal": "animals",
 }
-SOUND = {
-    "dog": "barks",
-    "cat": "purrs",
-    "horse": "neighs",
-    "cow": "moos",
-    "sheep": "bleats",
-    "goat": "bleats",
-    "pig": "grunts",
-    "lion": "roars",
-    "tiger": "growls",
-    "bear": "growls",
-    "wolf": "howls",
-    "fox": "yelps",
-    "rabbit": "thumps",
-    "deer": "bellows",
-    "mouse": "squeaks",
-    "zebra": "brays",
-    "eagle": "screams",
-    "owl": "hoots",
-    "swan": "hisses",
-    "crow": "caws",
-    "robin": "sings",
-    "sparrow": "chirps",
-    "parrot": "talks",
-    "pigeon": "coos",
-    "duck": "quacks",
-    "goose": "honks",
-    "heron": "croaks",
-    "falcon": "screeches",
-    "hawk": "screeches",
-    "raven": "croaks",
-    "finch": "sings",
-    "stork": "clatters",
-}
-JOBS = (
-    "painter",
-    "baker",
-    "farmer",
-    "teacher",
-    "doctor",
-    "sailor",
-    "miner",
-    "tailor",
-    "potter",
-    "weaver",
-    "singer",
-    "pilot",
-    "nurse",
-    "judge",
-    "poet",
-    "builder",
-    "hunter",
-    "fisher",
-    "clerk",
-    "driver",
+SOUND = dict(
+    pair.split(":")
+    for pair in (
+        "dog:barks cat:purrs horse:neighs cow:moos sheep:bleats goat:bleats pig:grunts lion:roars "
+        "tiger:growls bear:growls wolf:howls fox:yelps rabbit:thumps deer:bellows mouse:squeaks "
+        "zebra:brays eagle:screams owl:hoots swan:hisses crow:caws robin:sings sparrow:chirps "
+        "parrot:talks pigeon:coos duck:quacks goose:honks heron:croaks falcon:screeches hawk:screeches "
+        "raven:croaks finch:sings stork:clatters"
+    ).split()
+)
+JOBS = tuple(
+    (
+        "painter baker farmer teacher doctor sailor miner tailor potter weaver singer pilot nurse judge "
+        "poet builder hunter fisher clerk driver"
+    ).split()
 )
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SEASONS = ("spring", "summer", "autumn", "winter")
@@ -790,8 +584,6 @@ def train_tokenizer(texts, family: str, out_dir, vocab_size: int = VOCAB_SIZE, m
 def write_sources(records: dict[str, list], src_dir: Path) -> dict[str, Path]:
     """Write generated records in MiniLLM/dolly's layout: raw.jsonl = valid then train, valid.jsonl = test,
     pt.txt = one document per line (newlines as MiniLLM's `<@x(x!>` marker, ref §4.2)."""
-    from benchmark.data import NEWLINE_MARKER
-
     src_dir.mkdir(parents=True, exist_ok=True)
 
     def dump(path: Path, rows: list[dict]) -> Path:
@@ -804,7 +596,9 @@ def write_sources(records: dict[str, list], src_dir: Path) -> dict[str, Path]:
     }
     if "pt" in records:
         paths["pt"] = src_dir / "pt.txt"
-        paths["pt"].write_text("".join(d.replace("\n", NEWLINE_MARKER) + "\n" for d in records["pt"]), encoding="utf-8")
+        paths["pt"].write_text(
+            "".join(d.replace("\n", data.NEWLINE_MARKER) + "\n" for d in records["pt"]), encoding="utf-8"
+        )
     return paths
 
 
@@ -826,8 +620,6 @@ def prepare_synthetic(
     `pt_seq_len` and `max_prompt_length` default to the scale's MiniLLM `pt_seq_length` and SFT
     `max_prompt_length` overrides (registry), so the data matches what the trainer reads.
     """
-    from benchmark import data, scales
-
     sc = scales.scale(scale_name)
     if not sc.synthetic_records:
         raise data.DataError(f"scale {scale_name!r} does not use synthetic data; use `python -m benchmark data dolly`")

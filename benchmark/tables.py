@@ -1,5 +1,5 @@
-"""Intervals, paired differences to the one-step baseline, power and figures for the paper's tables (notebooks/),
-and the paper's Figure 1.
+"""Intervals, paired differences to the one-step and SFT-only baselines, power and figures for the paper's tables
+(notebooks/), and the paper's Figure 1.
 
     from benchmark import checks, results, tables
     df, samples = results.read("runs/small"), results.read_samples("runs/small")
@@ -7,6 +7,8 @@ and the paper's Figure 1.
     tables.cell_intervals(scores)                  # entry -> mean [95 % CI] over examples, the seed-10 value
     tables.one_step_baseline("gpt2/1.5B>760M>120M")  # -> "gpt2/1.5B>120M"
     diffs = tables.differences(scores, list(scores), "rouge_l")  # every multi-step entry minus its one-step row
+    tables.differences(scores, list(scores), "rouge_l", against="sft")  # every one-step entry minus SFT w/o KD
+    tables.paper_value("gpt2/120M", "rouge_l")      # -> "23.3 (MiniLLM, ref.)": a baseline's reference, unchecked
     tables.detectable(diffs)                       # the smallest difference this run (or one seed) could detect
     tables.corpus_perplexity(samples[samples.entry == "opt/13B"])  # token-level perplexity per seed
     tables.forest_plot({"ROUGE-L": diffs}, "gpt2", "differences_gpt2.png")
@@ -26,7 +28,9 @@ What the numbers are:
 - A paired difference (`stats.paired_difference`): multi-step minus its one-step row with the same teacher and
   student, on the examples and seeds both were scored on; ROUGE-L points, or nats of log-perplexity (exp(diff) is
   the ratio of geometric-mean perplexities; < 0 means the multi-step student is better). `published_diff` is the
-  paper's on the same scale: ROUGE-L multi − one-step, or ln(ppl multi / ppl one-step).
+  paper's on the same scale: ROUGE-L multi − one-step, or ln(ppl multi / ppl one-step). With `against="sft"`, a
+  one-step student minus its SFT-only baseline (the student's SFT init, MiniLLM's "SFT w/o KD"): the effect every
+  path rests on; its `published_diff` is MiniLLM's own (Table 1, one-step minus SFT w/o KD), a reference.
 - Power: an interval's half-width is the smallest difference the comparison could tell from 0 (a true difference of
   that size is detected about half the time; 80 % power needs about 1.43 times it, (1.96 + 0.84) / 1.96). A table
   reports the median half-width of its paired intervals, and the same for a single-seed evaluation: the comparison
@@ -59,7 +63,10 @@ __all__ = [
     "figure2_plot",
     "forest_plot",
     "one_step_baseline",
+    "paper_value",
     "published_difference",
+    "ROW_LABEL",
+    "sft_baseline",
 ]
 
 SINGLE_SEED = 10  # MiniLLM's first evaluation seed: what a single-seed evaluation reports
@@ -151,22 +158,37 @@ def corpus_perplexity(samples_of_entry: pd.DataFrame) -> pd.Series:
 
 def one_step_baseline(entry_key: str) -> str | None:
     """The one-step entry with the same teacher and student as a multi-step `entry_key`
-    ("gpt2/1.5B>760M>120M" -> "gpt2/1.5B>120M"); None for a teacher or a one-step entry."""
+    ("gpt2/1.5B>760M>120M" -> "gpt2/1.5B>120M"); None for any other entry."""
     e = registry.get(entry_key)
     if e.hops < 2:
         return None
     return registry.path_key(e.family, (e.path[0], e.student))
 
 
-def published_difference(entry_key: str, metric: str) -> float:
-    """The paper's difference of a multi-step entry to its one-step row, on the scale of `differences`: ROUGE-L
-    points (multi − one-step) or, for `perplexity`, ln(ppl multi / ppl one-step) (nats of log-perplexity).
-    NaN for an entry without a one-step baseline."""
-    base = one_step_baseline(entry_key)
+def sft_baseline(entry_key: str) -> str | None:
+    """The SFT-only baseline of a one-step entry's student ("gpt2/1.5B>120M" -> "gpt2/120M"); None for any other
+    entry."""
+    e = registry.get(entry_key)
+    return registry.path_key(e.family, (e.student,)) if e.hops == 1 else None
+
+
+BASELINES = {"one-step": one_step_baseline, "sft": sft_baseline}
+
+
+def published_difference(entry_key: str, metric: str, against: str = "one-step") -> float:
+    """The paper's difference of an entry to its baseline (`against`: "one-step" for a multi-step entry, "sft" for a
+    one-step entry), on the scale of `differences`: ROUGE-L points (entry − baseline) or, for `perplexity`,
+    ln(ppl entry / ppl baseline) (nats of log-perplexity). Against "sft" the baseline's value is MiniLLM's reference
+    (registry.Reference; ROUGE-L only). NaN without a baseline or without both numbers."""
+    base = BASELINES[against](entry_key)
     if base is None:
         return math.nan
     a = getattr(registry.get(entry_key).published, metric)
-    b = getattr(registry.get(base).published, metric)
+    ref = registry.get(base).reference
+    if against == "sft":
+        b = ref.rouge_l if ref is not None and metric == "rouge_l" else None
+    else:
+        b = getattr(registry.get(base).published, metric)
     if a is None or b is None:
         return math.nan
     return math.log(a / b) if metric == "perplexity" else a - b
@@ -186,12 +208,15 @@ def differences(
     entries: Sequence[str],
     metric: str,
     *,
+    against: str = "one-step",
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per multi-step entry of `entries` (in that order): its paired difference to its one-step row.
+    """One row per entry of `entries` that has a baseline (in that order): its paired difference to it. `against`:
+    "one-step" (every multi-step entry minus its one-step row) or "sft" (every one-step entry minus its student's
+    SFT-only baseline).
 
-    Columns DIFF_COLUMNS: `entry`, `baseline` (`one_step_baseline`), `diff`, `low`, `high`, `p_value`
+    Columns DIFF_COLUMNS: `entry`, `baseline` (`one_step_baseline` / `sft_baseline`), `diff`, `low`, `high`, `p_value`
     (`stats.paired_difference` of entry − baseline on their common seeds and examples: ROUGE-L points, or nats of
     log-perplexity for `perplexity` scores), `published_diff` (`published_difference`), `half_width` ((high − low)
     / 2), `single_seed_diff` and `single_seed_half_width` (the same comparison on seed 10 alone, the first common seed
@@ -200,13 +225,15 @@ def differences(
     difference is still there)."""
     if metric not in ("rouge_l", "perplexity"):
         raise ValueError(f"metric must be 'rouge_l' or 'perplexity'; got {metric!r}")
+    if against not in BASELINES:
+        raise ValueError(f"against must be one of {', '.join(BASELINES)}; got {against!r}")
     rows = []
     for key in entries:
-        base = one_step_baseline(key)
+        base = BASELINES[against](key)
         if base is None:
             continue
         row = dict.fromkeys(DIFF_COLUMNS, math.nan)
-        row.update(entry=key, baseline=base, published_diff=published_difference(key, metric))
+        row.update(entry=key, baseline=base, published_diff=published_difference(key, metric, against))
         pair = _aligned(scores[key], scores[base]) if key in scores and base in scores else None
         if pair is not None:
             a, b = pair
@@ -283,11 +310,40 @@ def detectable_line(power: Mapping, unit: str, *, log_scale: bool = False) -> st
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Rows: labels and the paper column
+# --------------------------------------------------------------------------------------------------------------
+
+# Each registry label as the tables write it: the paper's row labels (its teacher row has none) and MiniLLM's name
+# for the SFT-only baseline.
+ROW_LABEL = {"teacher": "", "sft": "SFT w/o KD", "minillm": "MiniLLM", "ours": "Ours"}
+
+
+def paper_value(entry_key: str, metric: str) -> str:
+    """A row's paper column: its published number ("24.60"), or for an SFT-only baseline MiniLLM's reference value
+    marked as one ("23.3 (MiniLLM, ref.)", never checked; "— (MiniLLM: not located)" when no copy of that row was
+    found; "—" for perplexity, which MiniLLM does not report)."""
+    e = registry.get(entry_key)
+    if e.reference is None:
+        value = getattr(e.published, metric)
+        return "—" if value is None else f"{value:.2f}"
+    if metric != "rouge_l":
+        return "—"
+    if e.reference.rouge_l is None:
+        return "— (MiniLLM: not located)"
+    return f"{e.reference.rouge_l:.1f} (MiniLLM, ref.)"
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------------------
 
 FAMILY_NAME = {"gpt2": "GPT-2", "opt": "OPT"}  # as the paper writes them
-_KIND_COLOUR = {"teacher": "#757575", "one-step (MiniLLM)": "#d6604d", "multi-step (ours)": "#2166ac"}
+_KIND_COLOUR = {
+    "teacher": "#757575",
+    "SFT w/o KD": "#5aae61",
+    "one-step (MiniLLM)": "#d6604d",
+    "multi-step (ours)": "#2166ac",
+}
 _ROLE_COLOUR = {"teacher": "#1f4e79", "TA": "#5b9bd5", "student": "#c9def2"}  # Figure 1's boxes
 
 
@@ -420,10 +476,11 @@ def figure2_plot(
 ):
     """Figure 2 on a log-scale perplexity axis, one row per path of `data` (top to bottom).
 
-    `data` columns: `path`, `kind` (teacher / one-step (MiniLLM) / multi-step (ours)), `student`, `geomean_ppl`,
-    `geomean_low`, `geomean_high` (geometric-mean perplexity of the samples with its 95 % bootstrap interval),
-    `corpus_ppl`, `corpus_min`, `corpus_max` (token-level, mean and range over seeds), `perplexity_samples` (the
-    checked mean of per-example exp) and `published`. Missing values are simply not drawn. The published values
+    `data` columns: `path`, `kind` (teacher / SFT w/o KD / one-step (MiniLLM) / multi-step (ours)), `student`,
+    `geomean_ppl`, `geomean_low`, `geomean_high` (geometric-mean perplexity of the samples with its 95 % bootstrap
+    interval), `corpus_ppl`, `corpus_min`, `corpus_max` (token-level, mean and range over seeds),
+    `perplexity_samples` (the checked mean of per-example exp) and `published` (none for the SFT-only baselines).
+    Missing values are simply not drawn. The published values
     share the axis at scale `paper` and get a panel of their own elsewhere. Nothing can go below zero: every mark
     is a perplexity or an interval of perplexities. Returns the Figure (saved to `path`)."""
     from matplotlib.figure import Figure
@@ -538,8 +595,7 @@ def draw_figure1(out: str | Path) -> Path:
             ax.set_title(f"{FAMILY_NAME.get(fam, fam)} — {title}", fontsize=12, loc="left")
             for y, e in enumerate(entries):
                 xs = [sizes.index(s) for s in e.path]
-                for i, (x, size) in enumerate(zip(xs, e.path)):
-                    role = "teacher" if i == 0 else ("student" if i == len(e.path) - 1 else "TA")
+                for x, (role, size) in zip(xs, e.roles):
                     ax.add_patch(
                         FancyBboxPatch(
                             (x - 0.32, y - 0.28),

@@ -92,17 +92,7 @@ def tiny_opt(tiny_tokenizer):
 
 
 def run_data_cli(argv: list[str]) -> int:
-    """`python -m benchmark data ...` with only the data verbs (other verbs' imports stay out of the tests)."""
-    import argparse
-    import sys
+    """`python -m benchmark data ...` in this process: its exit status, errors printed as `error: ...`."""
+    from benchmark.__main__ import main
 
-    from benchmark import BenchmarkError, data
-
-    parser = argparse.ArgumentParser()
-    data.add_cli(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return main(argv)

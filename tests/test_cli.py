@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.__main__ import build_parser, main
+from benchmark.__main__ import build_parser, main, parse_set
+from benchmark.config import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,6 +55,62 @@ def test_generation_override_is_named_by_its_path(tmp_path, monkeypatch, capsys)
     assert main(["plan", "gpt2/1.5B>120M", "--scale", "tiny", "--set", 'minillm={"generation": {"top_p": 0}}']) == 2
     message = "MiniLLMConfig.generation.top_p must be a finite number in (0, 1] (1 = off), got 0"
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+# One --set grammar (issue #13): KIND=JSON on every verb; `train` also takes a bare object of its own kind
+
+
+def test_set_grammar_is_one_for_every_verb():
+    items = ['minillm={"lr": 1e-4}', 'minillm={"lr": 2e-4, "batch_size": 8}', "evaluation={}"]
+    assert parse_set(items) == {"minillm": {"lr": 2e-4, "batch_size": 8}, "evaluation": {}}  # later ones update
+    assert parse_set(['{"lr": 1e-4}', 'sft={"batch_size": 4}'], "sft") == {"sft": {"lr": 1e-4, "batch_size": 4}}
+    assert parse_set(['{"note": "a=b"}'], "minillm") == {"minillm": {"note": "a=b"}}  # an '=' inside the JSON
+    with pytest.raises(ConfigError, match=r"^--set minillm=\.\.\.: `train sft` takes sft fields, not minillm$"):
+        parse_set(["minillm={}"], "sft")
+    with pytest.raises(ConfigError, match="^--set '{}': expected KIND=JSON with KIND one of sft, minillm, evaluation$"):
+        parse_set(["{}"])  # outside train a bare object has no kind
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "gpt2/1.5B>120M", "--scale", "tiny", "--set", "minillm={lr: 1}"],
+        ["train", "minillm", "--student", "s", "--teacher", "t", "--data", "d", "--out", "o", "--set", "{lr: 1}"],
+        [
+            "train",
+            "minillm",
+            "--student",
+            "s",
+            "--teacher",
+            "t",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--set",
+            "minillm={lr: 1}",
+        ],
+    ],
+    ids=["plan", "train-bare", "train-kind"],
+)
+def test_bad_set_json_is_one_sentence_on_every_verb(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    json_error = "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    expected = (
+        f"error: --set minillm=...: not valid JSON ({json_error}); quote it, e.g. --set minillm='{{\"lr\": 1e-4}}'\n"
+    )
+    assert capsys.readouterr().err == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reproduce_regenerates_the_tables_and_figures_of_its_targets():
+    from benchmark.__main__ import _artefacts
+
+    assert _artefacts(["table2", "gpt2/1.5B>120M"]) == ("table2",)  # named artefacts only
+    assert _artefacts(["gpt2/1.5B>760M>120M"]) == ("table1", "table3")
+    assert _artefacts(["opt"]) == ("table2", "table4", "figure2")
+    assert _artefacts(["all"]) == ("table1", "table2", "table3", "table4", "figure2")
 
 
 # A closed pipe (item 7): `python -m benchmark ls --format json | head` stops quietly
@@ -102,9 +159,9 @@ def test_internal_verbs_are_not_offered(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     verbs = "{ls,show,validate,data,train,evaluate,plan,run,reproduce,status,notebooks,perf,"
-    verbs += "suggest,figure1,planner-report}"
+    verbs += "perf-gpu,suggest,figure1,planner-report}"
     assert verbs in out
-    assert "_stage" not in out and "_guard" not in out
+    assert "_stage" not in out and "_guard" not in out and "_perf-worker" not in out
     args = build_parser().parse_args(["_stage", "some/stage/dir"])  # still there for the runner's subprocesses
     assert args.stage_dir == "some/stage/dir"
 

@@ -467,7 +467,7 @@ class _Stop(Exception):
 
 def _train_cli(monkeypatch, argv: list[str], tmp_path) -> object:
     """The config `python -m benchmark train ARGV` hands to its trainer (which is not run)."""
-    from benchmark import train
+    from benchmark import minillm, sft
     from benchmark.__main__ import main
 
     got = []
@@ -476,8 +476,8 @@ def _train_cli(monkeypatch, argv: list[str], tmp_path) -> object:
         got.append(next(a for a in args if isinstance(a, SFTConfig | MiniLLMConfig)))
         raise _Stop
 
-    monkeypatch.setattr(train, "train_sft", trainer)
-    monkeypatch.setattr(train, "train_minillm", trainer)
+    monkeypatch.setattr(sft, "train_sft", trainer)
+    monkeypatch.setattr(minillm, "train_minillm", trainer)
     with pytest.raises(_Stop):
         main(["train", *argv, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
     return got[0]

@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -402,16 +400,13 @@ def test_evaluate_empty_split_raises(saved_models, tiny_tokenizer):
 
 
 def test_cli(saved_models, tiny_tokenizer, tmp_path, monkeypatch, capsys):
-    """`python -m benchmark evaluate MODEL --data DIR ...` with a stand-in for benchmark.data (written elsewhere)."""
-    import argparse
+    """`python -m benchmark evaluate MODEL --data DIR ...` with stand-ins for the prepared data and the protocol."""
+    from benchmark import config, data
+    from benchmark.__main__ import main
 
-    fake = types.ModuleType("benchmark.data")
-    fake.load_prepared = lambda path, family=None: FakeData(_examples(tiny_tokenizer), tiny_tokenizer)
-    monkeypatch.setitem(sys.modules, "benchmark.data", fake)
-    monkeypatch.setattr(evaluate, "EvalConfig", lambda: _cfg())
-    parser = argparse.ArgumentParser()
-    evaluate.add_cli(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(
+    monkeypatch.setattr(data, "load_prepared", lambda path: FakeData(_examples(tiny_tokenizer), tiny_tokenizer))
+    monkeypatch.setattr(config, "EvalConfig", lambda: _cfg())
+    code = main(
         [
             "evaluate",
             str(saved_models[0]),
@@ -430,7 +425,7 @@ def test_cli(saved_models, tiny_tokenizer, tmp_path, monkeypatch, capsys):
             "--no-progress",
         ]
     )
-    assert args.func(args) == 0
+    assert code == 0
     out = capsys.readouterr().out
     assert "rouge_l" in out and "perplexity_gold_token" in out and "appended 4 records" in out
     assert f"wrote 2 x 3 per-example samples to {tmp_path / 'samples.jsonl'}" in out
@@ -509,12 +504,10 @@ def test_model_too_short_or_small_vocabulary_is_refused(tiny_gpt2, tiny_tokenize
 
 
 def test_cli_scale_has_choices(capsys):
-    import argparse
-
     from benchmark import scales
+    from benchmark.__main__ import build_parser
 
-    parser = argparse.ArgumentParser()
-    evaluate.add_cli(parser.add_subparsers(dest="verb"))
+    parser = build_parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "m", "--data", "d", "--scale", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err

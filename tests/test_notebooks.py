@@ -30,11 +30,20 @@ def derive_store(
 ) -> Path:
     """A copy of the fixture store at `scale`, with some ROUGE-L means (and their seed values) replaced; with
     `samples`, each entry's records get a stage of their own whose `samples.jsonl` holds that many examples per seed
-    around the recorded values (an example difficulty shared by the family plus a little noise)."""
+    around the recorded values (an example difficulty shared by the family plus a little noise). The paper has no
+    SFT-only baselines: each gets its one-step student's records, one ROUGE-L point lower and perplexities 10 %
+    higher (MiniLLM's Table 1 puts SFT w/o KD 0.7-1.4 points below its one-step students)."""
     directory.mkdir(parents=True)
     lines, by_entry = [], {}
-    for line in FIXTURE.read_text().splitlines():
-        rec = json.loads(line) | {"scale": scale}
+    fixture = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    for e in (e for e in registry.ENTRIES.values() if e.label == "sft"):
+        one_step = registry.path_key(e.family, (registry.FAMILIES[e.family].teacher, e.student))
+        for rec in [r for r in fixture if r["entry"] == one_step]:
+            shift = {"rouge_l": lambda v: v - 1.0, "exact_match": lambda v: v}.get(rec["metric"], lambda v: 1.1 * v)
+            values = [round(shift(v), 4) for v in rec["values"]]
+            fixture.append(rec | {"entry": e.key, "mean": shift(rec["mean"]), "values": values})
+    for rec in fixture:
+        rec = rec | {"scale": scale}
         new = (rouge_l or {}).get(rec["entry"]) if rec["metric"] == "rouge_l" else None
         if new is not None:
             rec["values"] = [round(v - rec["mean"] + new, 2) for v in rec["values"]]
@@ -145,7 +154,8 @@ def test_published_values_pass_every_published_check(paper_run):
     # claims come out as the paper's own numbers make them: the contradicted ones fail
     claims = [r for r in records if r["kind"] == "claim"]
     assert [r["id"] for r in claims] == [c.id for c in checks.CLAIMS]
-    assert all(r["status"] == ("pass" if r["holds_on_published"] else "fail") for r in claims)
+    # (MiniLLM's claims whose SFT w/o KD row was not located, holds_on_published None, pass on the derived values)
+    assert all(r["status"] == ("fail" if r["holds_on_published"] is False else "pass") for r in claims)
     # a store without its stages has no per-example samples: no verdicts, and the tables say why
     assert {r["verdict"] for r in claims} == {"not-comparable"}
     assert "— verdict **not-comparable** (no per-example samples for " in (paper_run / "table1.md").read_text()
@@ -173,6 +183,11 @@ def test_tables_are_laid_out_like_the_paper(paper_run):
     ) in md
     assert "| Ours | 1.5B | 760M | 340M | 120M | 24.10 ± 0.16 | — | — | — | -0.50 | 24.10 | +0.00 | ✓ |" in md
     assert "| MiniLLM | 1.5B | - | - | 120M | 24.60 ± 0.16 | — | — |  |  | 24.60 | +0.00 | ✓ |" in md
+    # each student's SFT-only baseline first, its paper cell MiniLLM's value as a reference, never checked
+    assert "| SFT w/o KD | - | - | - | 120M | 23.60 ± 0.16 | — | — |  |  | 23.3 (MiniLLM, ref.) |  |  |" in md
+    assert "| SFT w/o KD | - | - | - | 340M | 24.40 ± 0.16 | — | — |  |  | — (MiniLLM: not located) |  |  |" in md
+    assert md.index("| SFT w/o KD | - | - | - | 120M |") < md.index("| MiniLLM | 1.5B | - | - | 120M |")
+    assert "## One-step MiniLLM vs SFT w/o KD" in md and "| 120M | — | — | — | — | +1.3 (MiniLLM, ref.) |" in md
     assert "\nsmallest detectable difference in this run: — (no per-example samples" in md
     assert "## Provenance" in md and "- machine: " in md
     import pandas as pd
@@ -203,6 +218,9 @@ def test_one_perturbed_cell_fails_alone_and_flips_its_claims(paper_run, tmp_path
     # 24.00 is below the one-step 24.60 and the three-step 24.10; the best 120M student is now 1.5B>340M>120M
     claims = {r["id"]: r["status"] for r in after if r["kind"] == "claim" and r["artefact"] == "table1"}
     assert claims == {
+        "gpt2-rouge-one-step-beats-sft-760m": "pass",
+        "gpt2-rouge-one-step-beats-sft-340m": "pass",
+        "gpt2-rouge-one-step-beats-sft-120m": "pass",
         "gpt2-rouge-multi-step-always-beats-one-step": "fail",
         "gpt2-rouge-one-ta-consistently-improves": "fail",
         "gpt2-rouge-760m-ta-340m-student": "pass",
@@ -223,8 +241,8 @@ def test_small_scale_is_never_compared_with_the_paper(small_run):
     assert {r["status"] for r in records if r["kind"] == "published"} == {"not-comparable"}
     # claims are meaningful at every scale; with the per-example samples each gets a verdict with its intervals
     claims = [r for r in records if r["kind"] == "claim"]
-    assert all(r["status"] == ("pass" if r["holds_on_published"] else "fail") for r in claims)
-    assert all(r["verdict"] == ("holds" if r["holds_on_published"] else "contradicted") for r in claims)
+    assert all(r["status"] == ("fail" if r["holds_on_published"] is False else "pass") for r in claims)
+    assert all(r["verdict"] == ("contradicted" if r["holds_on_published"] is False else "holds") for r in claims)
     md = (small_run / "table1.md").read_text()
     assert "— verdict **holds** (gpt2/1.5B>760M>340M - gpt2/1.5B>340M: Δ +0.9" in md
     assert "scale `small`" in (small_run / "figure2.md").read_text()

@@ -24,28 +24,31 @@ def _kinds(plan):
 @pytest.mark.parametrize("family", ["gpt2", "opt"])
 def test_unique_stages_trained_scales(scale, family):
     plan = build_plan([family], scale)
-    # 1 data, 4 SFT (teacher + 3 inits), 7 hops (every path prefix is itself an entry), 8 evaluations
+    # 1 data, 4 SFT (teacher + 3 inits), 7 hops (every path prefix is itself an entry), 11 evaluations (8 paths and
+    # the 3 SFT-only baselines, which evaluate the inits)
     assert _kinds(plan) == {
         ("data", "built"): 1,
         ("sft", "built"): 4,
         ("distill", "built"): 7,
-        ("evaluate", "built"): 8,
+        ("evaluate", "built"): 11,
     }
-    assert len(plan.entries) == 8
+    assert len(plan.entries) == 11
 
 
 @pytest.mark.parametrize("family", ["gpt2", "opt"])
 def test_unique_stages_paper_scale_sources_public_checkpoints(family):
     plan = build_plan([family], "paper")
-    # the teacher, the 3 one-step students and the inits that multi-step hops need (2: the largest student is
-    # only reached in one step) come from the hub; the 4 multi-step hops are trained
+    # the teacher, the 3 one-step students and the 3 inits (the SFT-only baselines evaluate each of them; the
+    # multi-step hops start from two) come from the hub; the 4 multi-step hops are trained
     assert _kinds(plan) == {
         ("data", "built"): 1,
-        ("sft", "sourced"): 3,
+        ("sft", "sourced"): 4,
         ("distill", "sourced"): 3,
         ("distill", "built"): 4,
-        ("evaluate", "built"): 8,
+        ("evaluate", "built"): 11,
     }
+    init = plan.stages[plan.stages[plan.entries[f"{family}/{'760M' if family == 'gpt2' else '6.7B'}"]].inputs["model"]]
+    assert init.source == ("MiniLLM/init-gpt2-760M" if family == "gpt2" else "MiniLLM/init-OPT-6.7B")
     if family == "gpt2":
         hop = next(
             s for s in plan.stages.values() if s.kind == "distill" and s.config["path"] == ["1.5B", "760M", "120M"]
@@ -60,7 +63,26 @@ def test_unique_stages_paper_scale_sources_public_checkpoints(family):
 
 def test_all_entries_of_both_families():
     plan = build_plan(["all"], "small")
-    assert len(plan.stages) == 40 and len(plan.entries) == 16
+    assert len(plan.stages) == 46 and len(plan.entries) == 22
+
+
+@pytest.mark.parametrize("scale", ["tiny", "small", "paper"])
+def test_an_sft_only_baseline_evaluates_the_init_its_hops_start_from(scale):
+    plan = build_plan(["gpt2/120M"], scale)
+    evaluate = plan.stages[plan.entries["gpt2/120M"]]
+    init, scorer = plan.stages[evaluate.inputs["model"]], plan.stages[evaluate.inputs["scorer"]]
+    assert (evaluate.name, evaluate.entry, init.name, scorer.name) == (
+        "evaluate-gpt2-120M", "gpt2/120M", "sft-gpt2-120M-init", "sft-gpt2-1.5B-teacher"
+    )  # fmt: skip
+    # no hop: only the data, the init, the teacher (the scorer) and the evaluation
+    assert sorted(s.kind for s in plan.stages.values()) == ["data", "evaluate", "sft", "sft"]
+    assert (init.source == "MiniLLM/init-gpt2-120M") == (scale == "paper")
+    # the same init stage as the chains', the same scorer and evaluation config as the family's other entries
+    chain = build_plan(["gpt2/1.5B>760M>120M", "gpt2/120M"], scale)
+    hop = next(s for s in chain.stages.values() if s.kind == "distill" and s.config["path"] == ["1.5B", "760M", "120M"])
+    assert hop.inputs["student"] == init.id and chain.entries["gpt2/120M"] == evaluate.id
+    other = chain.stages[chain.entries["gpt2/1.5B>760M>120M"]]
+    assert other.inputs["scorer"] == scorer.id and other.config["evaluation"] == evaluate.config["evaluation"]
 
 
 def test_shared_prefixes_share_stage_identities():
@@ -85,13 +107,14 @@ def test_config_change_invalidates_exactly_the_dependents():
     same = set(base.stages) & set(changed.stages)
     kinds_same = sorted(base.stages[s].kind for s in same)
     # data + 4 SFT stages are untouched; every hop and every evaluation of a distilled model changes, while the
-    # teacher's own evaluation (no hop upstream) keeps its identity
-    assert kinds_same == ["data", "evaluate", "sft", "sft", "sft", "sft"]
-    teacher_eval = base.entries["gpt2/1.5B"]
-    assert teacher_eval in same
-    # changing the SFT of the 120M init changes only what depends on it: the three hops into 120M and their evals
+    # evaluations with no hop upstream (the teacher's and the 3 SFT-only baselines') keep their identity
+    assert kinds_same == ["data", "evaluate", "evaluate", "evaluate", "evaluate", "sft", "sft", "sft", "sft"]
+    assert {base.entries[k] for k in ("gpt2/1.5B", "gpt2/760M", "gpt2/340M", "gpt2/120M")} <= same
+    # changing the SFT of the 120M init changes only what depends on it: the four hops into 120M, their evaluations
+    # and the 120M baseline's evaluation
     init = next(s for s in base.stages.values() if s.kind == "sft" and s.config["size"] == "120M")
-    assert base.dependents(init.id) == {s.id for s in base.stages.values() if s.entry and s.entry.endswith(">120M")}
+    into_120m = {s.id for s in base.stages.values() if s.entry and s.entry.endswith(("/120M", ">120M"))}
+    assert base.dependents(init.id) == into_120m and len(into_120m) == 9
 
 
 def test_status_and_describe(tmp_path):
@@ -109,10 +132,10 @@ def test_status_and_describe(tmp_path):
 
 
 def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
-    from benchmark.__main__ import main
-    from benchmark.runner import RunError, parse_overrides
+    from benchmark.__main__ import main, parse_set
+    from benchmark.config import ConfigError
 
-    assert parse_overrides(['minillm={"lr": 1e-4, "batch_size": 32}', 'minillm={"lr": 2e-4}', "sft={}"]) == {
+    assert parse_set(['minillm={"lr": 1e-4, "batch_size": 32}', 'minillm={"lr": 2e-4}', "sft={}"]) == {
         "minillm": {"lr": 2e-4, "batch_size": 32},
         "sft": {},
     }
@@ -122,8 +145,8 @@ def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
         ("minillm={lr: 1}", "not valid JSON"),
         ("minillm=[1]", "expected a JSON object"),
     ):
-        with pytest.raises(RunError, match=words):
-            parse_overrides([bad])
+        with pytest.raises(ConfigError, match=words):
+            parse_set([bad])
     # the printed plan runs the hops and evaluations with the changed field, and the default plan does not
     big = '{"rollouts_per_phase": 512, "batch_size": 128, "micro_batch_size": 32}'
     assert main(["plan", "gpt2/1.5B>120M", "--scale", "small", "--set", f"minillm={big}"]) == 0

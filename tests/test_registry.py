@@ -1,4 +1,4 @@
-"""The registry: 16 paper entries, 32 published numbers, key parsing, CLI."""
+"""The registry: 16 paper entries, 32 published numbers, 6 SFT-only baselines, key parsing, CLI."""
 
 import csv
 import json
@@ -21,11 +21,14 @@ def _csv_rows():
         return list(csv.DictReader(f))
 
 
-def test_sixteen_paths_eight_per_family():
-    assert len(registry.ENTRIES) == 16
+def test_sixteen_paths_eight_per_family_and_a_baseline_per_student():
+    paths = {k: e for k, e in registry.ENTRIES.items() if e.label != "sft"}
+    assert len(paths) == 16 and len(registry.ENTRIES) == 22
     for fam in ("gpt2", "opt"):
-        keys = [k for k, e in registry.ENTRIES.items() if e.family == fam]
+        keys = [k for k, e in paths.items() if e.family == fam]
         assert len(keys) == 8
+        baselines = [k for k, e in registry.ENTRIES.items() if e.family == fam and e.label == "sft"]
+        assert baselines == [f"{fam}/{size}" for size in registry.FAMILIES[fam].sizes[1:]]
     expected = {
         "gpt2/1.5B",
         "gpt2/1.5B>760M",
@@ -36,7 +39,7 @@ def test_sixteen_paths_eight_per_family():
         "gpt2/1.5B>340M>120M",
         "gpt2/1.5B>760M>340M>120M",
     }
-    assert {k for k in registry.ENTRIES if k.startswith("gpt2/")} == expected
+    assert {k for k in paths if k.startswith("gpt2/")} == expected
 
 
 def test_all_32_published_numbers_attached_to_the_right_entries():
@@ -61,18 +64,22 @@ def test_tables_and_figure_membership():
         assert e.tables == ((1, 3) if e.family == "gpt2" else (2, 4))
         assert e.figures == (() if e.family == "gpt2" else (2,))
     assert [e.key for e in registry.select(["figure2"])] == [k for k in registry.ENTRIES if k.startswith("opt/")]
-    assert len(registry.select(["all"])) == 16
+    assert len(registry.select(["all"])) == 22
     assert [e.key for e in registry.select(["table3", "gpt2/1.5B"])] == [k for k in registry.ENTRIES if "gpt2" in k]
 
 
 def test_paper_row_order_and_labels():
     keys = [k for k in registry.ENTRIES if k.startswith("opt/")]
     assert keys[0] == "opt/13B" and registry.ENTRIES[keys[0]].label == "teacher"
+    # each student's SFT-only baseline first, then its one-step row and its multi-step rows
     assert [registry.ENTRIES[k].label for k in keys] == [
         "teacher",
+        "sft",
         "minillm",
+        "sft",
         "minillm",
         "ours",
+        "sft",
         "minillm",
         "ours",
         "ours",
@@ -80,6 +87,32 @@ def test_paper_row_order_and_labels():
     ]
     e = registry.get("opt/13B>6.7B>2.7B>1.3B")
     assert e.tas == ("6.7B", "2.7B") and e.student == "1.3B" and e.hops == 3 and e.prefix() == "opt/13B>6.7B>2.7B"
+    assert e.roles == (("teacher", "13B"), ("TA", "6.7B"), ("TA", "2.7B"), ("student", "1.3B"))
+    assert registry.get("opt/13B").roles == (("teacher", "13B"),)
+
+
+def test_a_size_alone_is_the_students_sft_only_baseline():
+    e = registry.get("gpt2/120M")
+    assert (e.label, e.path, e.student, e.hops, e.tas, e.prefix()) == ("sft", ("120M",), "120M", 0, (), None)
+    assert e.roles == (("student", "120M"),) and e.tables == (1, 3) and e.figures == ()
+    assert registry.get("opt/2.7B").figures == (2,)
+    # no seed-paper number: MiniLLM's own SFT w/o KD value beside it, never a published number
+    assert e.published.rouge_l is None and e.published.perplexity is None
+    refs = {k: (x.reference.rouge_l if x.reference else "-") for k, x in registry.ENTRIES.items() if x.hops == 0}
+    assert refs == {
+        "gpt2/1.5B": "-",
+        "gpt2/760M": 25.4,
+        "gpt2/340M": None,  # not located
+        "gpt2/120M": 23.3,
+        "opt/13B": "-",
+        "opt/6.7B": 27.6,
+        "opt/2.7B": None,  # not located
+        "opt/1.3B": 26.0,
+    }
+    assert "not located" in registry.get("opt/2.7B").reference.source
+    assert "Gu et al. 2024" in e.reference.source and "23.2" in e.reference.source
+    assert registry.parse_key("opt/1.3B") == ("opt", ("1.3B",))
+    assert [x.key for x in registry.select(["gpt2/340M", "gpt2/1.5B>340M"])] == ["gpt2/340M", "gpt2/1.5B>340M"]
 
 
 @pytest.mark.parametrize(
@@ -90,6 +123,9 @@ def test_paper_row_order_and_labels():
         ("gpt2/1.5B>120M>340M", "decreasing"),
         ("gpt2/1.5B>760M>760M", "decreasing"),
         ("gpt2/760M>120M", "does not start at the gpt2 teacher"),
+        ("gpt2/760M>120M", "a size alone, 'gpt2/120M', is its SFT-only baseline"),
+        ("gpt2/76M", "did you mean 760M"),
+        ("opt/120M", "mixes families"),
         ("gtp2/1.5B>120M", "did you mean 'gpt2'"),
         ("1.5B>120M", "expected 'family/"),
     ],
@@ -109,11 +145,14 @@ def test_cli_ls_json_and_validate():
         [sys.executable, "-m", "benchmark", "ls", "--format", "json"], capture_output=True, text=True, check=True
     ).stdout
     rows = json.loads(out)
-    assert len(rows) == 16
+    assert len(rows) == 22
     row = next(r for r in rows if r["key"] == "gpt2/1.5B>760M>120M")
     assert row["family"] == "gpt2" and row["path"] == ["1.5B", "760M", "120M"] and row["tables"] == [1, 3]
     assert row["published"] == {"rouge_l": 27.2, "perplexity": 21.56}
+    baseline = next(r for r in rows if r["key"] == "gpt2/120M")
+    assert baseline["label"] == "sft" and baseline["path"] == ["120M"] and baseline["tables"] == [1, 3]
+    assert baseline["published"] == {"rouge_l": None, "perplexity": None}
     ok = subprocess.run([sys.executable, "-m", "benchmark", "validate"], capture_output=True, text=True, check=True)
-    assert "16 entries x 3 scales" in ok.stdout
+    assert "22 entries x 3 scales" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "benchmark", "show", "gpt2/1.5B>700M"], capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 760M" in bad.stderr

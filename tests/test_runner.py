@@ -99,6 +99,34 @@ def test_second_run_does_nothing(finished_run):
     assert time.time() - t0 < 60
 
 
+def test_reproduce_writes_stages_md_with_the_trained_stages(finished_run, tmp_path, monkeypatch):
+    """`reproduce` on a finished run: nothing is trained again, then the notebooks write the entry's tables and
+    stages.md, which names every SFT model and MiniLLM hop of the plan with its numbers (into tmp_path, not the
+    repository's paper_tables/tiny)."""
+    from benchmark import notebooks
+    from benchmark.__main__ import main
+
+    real, seen = notebooks.run_notebooks, {}
+
+    def into_tmp(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, out_dir=tmp_path / "tables", **kwargs)
+
+    monkeypatch.setattr(notebooks, "run_notebooks", into_tmp)
+    assert main(["reproduce", ENTRY, "--scale", "tiny", "--out", str(finished_run)]) == 0
+    assert seen["retrain_one_step"] is False and seen["overrides"] == {}
+    assert seen["artefacts"] == ("table1", "table3")  # the entry's own tables: a GPT-2 run has no Figure 2 records
+    md = (tmp_path / "tables" / "stages.md").read_text()
+    trained = [s for s in build_plan([ENTRY], "tiny").stages.values() if s.kind in ("sft", "distill")]
+    rows = [line for line in md.splitlines() if line.startswith("| gpt2 |")]
+    assert [tuple(c.strip() for c in line.split("|")[1:4]) for line in rows] == [
+        ("gpt2", s.config["size"], s.config["role"]) for s in trained if s.kind == "sft"
+    ]
+    hops = [f"| {'>'.join(s.config['path'])} (gpt2) |" for s in trained if s.kind == "distill"]
+    assert len(rows) == 3 and len(hops) == 2 and all(hop in md for hop in hops)
+    assert "nan" not in md.lower()
+
+
 def test_kill_mid_stage_then_rerun_gives_the_same_results(finished_run, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -443,7 +471,6 @@ def test_a_full_disk_or_unwritable_directory_is_a_sentence(tmp_path, monkeypatch
     import errno
 
     from benchmark import plan as plan_module
-    from benchmark.runner import cmd_run, parse_overrides  # noqa: F401
 
     plan = build_plan([ENTRY], "tiny")
     stage = next(iter(plan.stages.values()))

@@ -1,4 +1,5 @@
-"""benchmark.tables: cell intervals, paired differences to the one-step row, power, corpus perplexity, figures."""
+"""benchmark.tables: cell intervals, paired differences to the one-step row and to SFT w/o KD, the paper column,
+power, corpus perplexity, figures."""
 
 from __future__ import annotations
 
@@ -26,17 +27,23 @@ def quantised(seed: int, shape=(5, 40), quantum: float = 0.25) -> np.ndarray:
 
 ONE_STEP = {
     "gpt2/1.5B": None,
+    "gpt2/760M": None,
     "gpt2/1.5B>760M": None,
+    "gpt2/340M": None,
     "gpt2/1.5B>340M": None,
     "gpt2/1.5B>760M>340M": "gpt2/1.5B>340M",
+    "gpt2/120M": None,
     "gpt2/1.5B>120M": None,
     "gpt2/1.5B>760M>120M": "gpt2/1.5B>120M",
     "gpt2/1.5B>340M>120M": "gpt2/1.5B>120M",
     "gpt2/1.5B>760M>340M>120M": "gpt2/1.5B>120M",
     "opt/13B": None,
+    "opt/6.7B": None,
     "opt/13B>6.7B": None,
+    "opt/2.7B": None,
     "opt/13B>2.7B": None,
     "opt/13B>6.7B>2.7B": "opt/13B>2.7B",
+    "opt/1.3B": None,
     "opt/13B>1.3B": None,
     "opt/13B>6.7B>1.3B": "opt/13B>1.3B",
     "opt/13B>2.7B>1.3B": "opt/13B>1.3B",
@@ -52,6 +59,37 @@ ONE_STEP = {
 def test_one_step_baseline_for_every_entry():
     assert set(ONE_STEP) == set(registry.ENTRIES)
     assert {k: tables.one_step_baseline(k) for k in registry.ENTRIES} == ONE_STEP
+
+
+def test_sft_baseline_of_every_one_step_entry():
+    got = {k: b for k in registry.ENTRIES if (b := tables.sft_baseline(k)) is not None}
+    assert got == {
+        "gpt2/1.5B>760M": "gpt2/760M",
+        "gpt2/1.5B>340M": "gpt2/340M",
+        "gpt2/1.5B>120M": "gpt2/120M",
+        "opt/13B>6.7B": "opt/6.7B",
+        "opt/13B>2.7B": "opt/2.7B",
+        "opt/13B>1.3B": "opt/1.3B",
+    }
+    # MiniLLM's own difference (its Table 1), where its SFT w/o KD row was located; never a perplexity
+    assert tables.published_difference("gpt2/1.5B>120M", "rouge_l", "sft") == pytest.approx(24.6 - 23.3)
+    assert tables.published_difference("opt/13B>1.3B", "rouge_l", "sft") == pytest.approx(26.7 - 26.0)
+    assert math.isnan(tables.published_difference("gpt2/1.5B>340M", "rouge_l", "sft"))  # not located
+    assert math.isnan(tables.published_difference("gpt2/1.5B>120M", "perplexity", "sft"))
+    assert math.isnan(tables.published_difference("gpt2/1.5B>760M>120M", "rouge_l", "sft"))
+
+
+def test_paper_column_marks_minillm_references_as_references():
+    assert tables.paper_value("gpt2/1.5B>760M>120M", "rouge_l") == "27.20"
+    assert tables.paper_value("gpt2/1.5B>760M>120M", "perplexity") == "21.56"
+    assert tables.paper_value("gpt2/120M", "rouge_l") == "23.3 (MiniLLM, ref.)"
+    assert tables.paper_value("opt/6.7B", "rouge_l") == "27.6 (MiniLLM, ref.)"
+    assert tables.paper_value("opt/2.7B", "rouge_l") == "— (MiniLLM: not located)"
+    assert tables.paper_value("gpt2/120M", "perplexity") == "—"
+    # each student's rows start with its SFT w/o KD row, labelled as MiniLLM's tables do
+    labels = [tables.ROW_LABEL[e.label] for e in registry.select(["table1"])]
+    sft, one, ours = "SFT w/o KD", "MiniLLM", "Ours"
+    assert labels == ["", sft, one, sft, one, ours, sft, one, ours, ours, ours]
 
 
 def test_published_differences_are_on_the_scale_of_the_measured_ones():
@@ -114,6 +152,25 @@ def test_differences_keep_rows_without_samples_and_skip_teachers_and_one_step_ro
     assert d["published_diff"].tolist() == pytest.approx([0.90, 2.60, 2.40, -0.50])
     with pytest.raises(ValueError, match="metric"):
         tables.differences({}, keys, "perplexity_samples")
+    with pytest.raises(ValueError, match="against"):
+        tables.differences({}, keys, "rouge_l", against="teacher")
+
+
+def test_one_step_minus_sft_without_kd_is_paired_like_every_difference():
+    rng = np.random.default_rng(7)
+    sft = rng.normal(24, 8, size=(5, 50))
+    one = sft + 1.0 + rng.normal(0, 0.5, size=sft.shape)  # the distilled student: +1 point on every example
+    keys = [e.key for e in registry.select(["table1"])]
+    d = tables.differences({"gpt2/1.5B>120M": frame(one), "gpt2/120M": frame(sft)}, keys, "rouge_l", against="sft")
+    assert list(d["entry"]) == ["gpt2/1.5B>760M", "gpt2/1.5B>340M", "gpt2/1.5B>120M"]
+    assert list(d["baseline"]) == ["gpt2/760M", "gpt2/340M", "gpt2/120M"]
+    row = d.set_index("entry").loc["gpt2/1.5B>120M"]
+    ref = stats.paired_difference(one, sft, n_resamples=tables.N_RESAMPLES)
+    assert (row["diff"], row["low"], row["high"], row["p_value"]) == (ref.mean, ref.low, ref.high, ref.p_value)
+    assert 0.8 < row["low"] < row["diff"] < row["high"] < 1.2 and row["diff"] == pytest.approx(1.0, abs=0.1)
+    assert row["published_diff"] == pytest.approx(24.6 - 23.3)  # MiniLLM's own, a reference
+    assert d["diff"].notna().tolist() == [False, False, True]  # without samples the row stays, unmeasured
+    assert math.isnan(d.set_index("entry").loc["gpt2/1.5B>340M", "published_diff"])  # not located
 
 
 def test_differences_compare_common_seeds_and_examples_only():
@@ -229,8 +286,8 @@ def test_figure2_uses_a_log_axis_and_a_panel_of_its_own_for_the_paper_below_pape
         {
             "path": [" → ".join(e.path) for e in entries],
             "student": [e.student for e in entries],
-            "kind": [{"teacher": "teacher", "minillm": "one-step (MiniLLM)", "ours": "multi-step (ours)"}[e.label]
-                     for e in entries],
+            "kind": [{"teacher": "teacher", "sft": "SFT w/o KD", "minillm": "one-step (MiniLLM)",
+                      "ours": "multi-step (ours)"}[e.label] for e in entries],
             "perplexity_samples": np.linspace(500, 30000, len(entries)),  # a mean of exp() that degenerate samples
             "geomean_ppl": np.linspace(20, 60, len(entries)),  # decide, beside the geometric mean
             "geomean_low": np.linspace(18, 55, len(entries)),
@@ -246,7 +303,10 @@ def test_figure2_uses_a_log_axis_and_a_panel_of_its_own_for_the_paper_below_pape
     paper = tables.figure2_plot(data.drop(columns=["geomean_ppl", "corpus_ppl"]), tmp_path / "paper.png", scale="paper")
     assert len(paper.axes) == 1 and paper.axes[0].get_xscale() == "log"
     lo, hi = paper.axes[0].get_xlim()
-    assert 0 < lo < min(data["published"]) and hi > max(data["perplexity_samples"])
+    assert 0 < lo < data["published"].min() and hi > max(data["perplexity_samples"])
+    # one row per path, each SFT w/o KD row drawn in its own colour and named in the legend
+    assert [t.get_text() for t in small.axes[0].get_yticklabels()] == list(data["path"])
+    assert "geometric mean, 95 % CI: SFT w/o KD" in [t.get_text() for t in small.legends[0].get_texts()]
     assert (tmp_path / "small.png").exists() and (tmp_path / "paper.png").exists()
 
 

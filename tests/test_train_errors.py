@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import engine, minillm, scales, train
+from benchmark import engine, minillm, scales, sft
 from benchmark.config import ConfigError, MiniLLMConfig, for_scale
 from benchmark.engine import TrainError
 from benchmark.minillm import train_minillm
@@ -93,11 +93,10 @@ def test_positions_too_few_for_the_hop_are_refused(tiny, tmp_path, stop_at_engin
 
 
 def _cli(argv: list[str]) -> int:
-    import argparse
+    """`python -m benchmark train ARGV`, its errors raised (not printed)."""
+    from benchmark.__main__ import build_parser
 
-    parser = argparse.ArgumentParser()
-    train.add_cli(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(["train", *argv])
+    args = build_parser().parse_args(["train", *argv])
     return args.func(args)
 
 
@@ -118,7 +117,7 @@ def test_cli_passes_the_flag_and_reports_where_the_model_went(tiny, tmp_path, mo
         seen.update(cfg=cfg, progress=progress, allow=allow_larger_student)
         return _fake_stage(Path(out), "minillm")
 
-    monkeypatch.setattr(train, "train_minillm", fake)
+    monkeypatch.setattr(minillm, "train_minillm", fake)
     from transformers.utils import logging as hf_logging
 
     loggers = [logging.getLogger(name) for name in ("DeepSpeed", "transformers", "torch.distributed")]
@@ -148,15 +147,19 @@ def test_cli_passes_the_flag_and_reports_where_the_model_went(tiny, tmp_path, mo
 
 
 def test_cli_set_errors_come_before_training(monkeypatch, tmp_path):
-    monkeypatch.setattr(train, "train_minillm", lambda *a, **k: pytest.fail("trained despite a bad --set"))
+    monkeypatch.setattr(minillm, "train_minillm", lambda *a, **k: pytest.fail("trained despite a bad --set"))
     base = ["minillm", "--student", "s", "--teacher", "t", "--data", "d", "--out", str(tmp_path / "o")]
-    with pytest.raises(TrainError, match=r"^--set: not valid JSON \(Expecting property name"):
+    with pytest.raises(ConfigError, match=r"^--set minillm=\.\.\.: not valid JSON \(Expecting property name"):
         _cli(base + ["--set", "{lr: 1}"])
-    with pytest.raises(TrainError, match="^--set: expected a JSON object of config fields, got list"):
+    with pytest.raises(ConfigError, match=r"^--set minillm=\.\.\.: expected a JSON object of config fields, got list"):
         _cli(base + ["--set", "[1]"])
     with pytest.raises(ConfigError, match=r"^MiniLLMConfig.lr must be a finite number > 0, got 0$"):
         _cli(base + ["--set", '{"lr": 0}'])
-    monkeypatch.setattr(train, "train_sft", lambda *a, **k: pytest.fail("trained a missing model"))
+    with pytest.raises(ConfigError, match=r"^MiniLLMConfig.lr must be a finite number > 0, got 0$"):
+        _cli(base + ["--set", 'minillm={"lr": 0}'])  # the KIND=JSON of run/plan names the same config
+    with pytest.raises(ConfigError, match=r"^--set sft=\.\.\.: `train minillm` takes minillm fields, not sft$"):
+        _cli(base + ["--set", 'sft={"lr": 1e-4}'])
+    monkeypatch.setattr(sft, "train_sft", lambda *a, **k: pytest.fail("trained a missing model"))
     with pytest.raises(TrainError, match="model directory ./nowhere/model does not exist"):
         _cli(["sft", "--model", "./nowhere/model", "--data", "d", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
