@@ -49,7 +49,8 @@ from benchmark.plan import __doc__ as plan_doc
 TRAIN_DOC = """\
 `python -m benchmark train`: one training stage on DeepSpeed, SFT (MiniLLM phase 1) or one MiniLLM reverse-KL hop.
 
-    python -m benchmark train minillm --student S_DIR --teacher T_DIR --data DATA_DIR --out OUT [--scale small]
+    python -m benchmark train minillm --student S_DIR --teacher T_DIR --data DATA_DIR --out OUT --scale small \
+        --student-size gpt2:120M
     python -m benchmark train sft --model gpt2:120M --data DATA_DIR --out OUT --scale small
     deepspeed --num_gpus 4 -m benchmark train minillm ...          # multi-GPU; torchrun works too
 
@@ -156,7 +157,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         engine.quiet_logs()
     overrides = parse_set(args.set or [], args.kind).get(args.kind)
     if args.kind == "minillm":
-        cfg = config.resolve("minillm", args.scale, overrides)
+        spec = None
+        if args.student_size:
+            family, _, size = args.student_size.partition(":")
+            spec = scales.scale(args.scale).model(family, size)
+        elif scales.scale(args.scale).minillm_lr_per_sft_lr and "lr" not in (overrides or {}):
+            raise engine.TrainError(
+                f"scale {args.scale!r} sets a hop's lr from its student's SFT lr: pass --student-size FAMILY:SIZE "
+                "(e.g. gpt2:120M) or --set minillm='{\"lr\": ...}'"
+            )
+        cfg = config.resolve("minillm", args.scale, overrides, model=spec)
         model_dir = minillm.train_minillm(
             args.student,
             args.teacher,
@@ -454,6 +464,12 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="stage output directory (resumes if it holds a checkpoint)")
     p.add_argument("--student", help="minillm: the student's SFT init (directory or hub id)")
     p.add_argument("--teacher", help="minillm: the teacher (directory or hub id)")
+    p.add_argument(
+        "--student-size",
+        metavar="FAMILY:SIZE",
+        help="minillm: the student's registry size, e.g. gpt2:120M, for scales whose hop lr follows the student's SFT "
+        "lr (small: a tenth of it), as the plan gives it",
+    )
     p.add_argument("--model", help="sft: a base model (directory, hub id) or FAMILY:SIZE of the scale, e.g. gpt2:120M")
     p.add_argument(
         "--role",

@@ -410,16 +410,22 @@ def resolve(
     role: Role | None = None,
 ):
     """The frozen config of `kind` ("sft", "minillm" or "evaluation") at `scale`: the paper-faithful defaults, then
-    the scale's values, then (sft only) the model's own learning rate (`model.sft_lr`) and the selection metric of
-    its `role` (the teacher by ROUGE-L, inits by validation loss, ref §3.1), then `overrides`. Nested values merge
-    field by field: overriding `generation.temperature` keeps the scale's `generation.max_new_tokens`."""
+    the scale's values, then the model's own learning rate, then `overrides`:
+    - sft: the model's `sft_lr` and the selection metric of its `role` (the teacher by ROUGE-L, inits by validation
+      loss, ref §3.1);
+    - minillm (`model` = the hop's student): `sft_lr x Scale.minillm_lr_per_sft_lr` where the scale sets that ratio
+      (small: a tenth), rounded so that the config reads 3e-4, not 3.0000000000000003e-4.
+    Nested values merge field by field: overriding `generation.temperature` keeps the scale's
+    `generation.max_new_tokens`."""
     cls = KINDS[kind]
+    _check(kind in ("sft", "minillm") or model is None, f"only sft and minillm configs take a model, not {kind}")
+    _check(kind == "sft" or role is None, f"only sft configs take a role, not {kind}")
     own: dict[str, Any] = {}
-    if model is not None and model.sft_lr is not None:
-        own["lr"] = model.sft_lr
+    ratio = 1.0 if kind == "sft" else scales.scale(scale).minillm_lr_per_sft_lr
+    if model is not None and model.sft_lr is not None and ratio:
+        own["lr"] = round(model.sft_lr * ratio, 12)
     if role is not None:
         own["select_by"] = "rouge_l" if role == "teacher" else "val_loss"
-    _check(kind == "sft" or not own, f"only sft configs take a model's lr and a role, not {kind}")
     return for_scale(cls, _merge(_merge(getattr(scales.scale(scale), kind), own), overrides or {}))
 
 

@@ -125,6 +125,8 @@ def build_plan(
             "seed": 0,
             "version": 1,
         }
+        if sc.synthetic_answers != "short":  # absent for the bare answers, so their data stages keep their ids
+            data_cfg["answers"] = sc.synthetic_answers
         data_ids[fam] = add(Stage("data", f"data-{fam}-{sc.name}", fam, data_cfg))
 
     def model_stage(family: str, size: str, role: str) -> str:
@@ -138,7 +140,6 @@ def build_plan(
         cfg = {"role": role, "size": size, "model": dataclasses.asdict(spec), "sft": to_dict(sft)}
         return add(Stage("sft", f"sft-{family}-{size}-{role}", family, cfg, inputs={"data": data_ids[family]}))
 
-    minillm = resolve("minillm", sc.name, overrides.get("minillm"))
     evaluation = resolve("evaluation", sc.name, overrides.get("evaluation"))
 
     def final_stage(family: str, path: tuple[str, ...]) -> str:
@@ -165,7 +166,8 @@ def build_plan(
             "student": model_stage(family, student, "init"),
             "data": data_ids[family],
         }
-        cfg = {"path": list(path), "minillm": to_dict(minillm)}
+        hop = resolve("minillm", sc.name, overrides.get("minillm"), model=sc.model(family, student))
+        cfg = {"path": list(path), "minillm": to_dict(hop)}
         return add(Stage("distill", f"distill-{family}-{_slug(path)}", family, cfg, inputs=inputs, entry=key))
 
     entry_stage = {}

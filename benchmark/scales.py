@@ -130,8 +130,12 @@ class Scale:
     models: dict[str, dict[str, ModelSpec]]  # family -> size -> spec
     data: str  # "dolly" (hub/local files) or "synthetic" (generated here)
     synthetic_records: dict[str, int] = field(default_factory=dict)  # split -> count, synthetic data only
+    synthetic_answers: str = "short"  # benchmark.synthetic.ANSWERS: the bare answers or Dolly-like sentences
     sft: dict = field(default_factory=dict)
     minillm: dict = field(default_factory=dict)
+    # A hop's learning rate as a fraction of its student's SFT lr (ModelSpec.sft_lr, `config.resolve`); None: the
+    # `minillm` lr for every hop
+    minillm_lr_per_sft_lr: float | None = None
     evaluation: dict = field(default_factory=dict)
     why: str = ""
 
@@ -214,7 +218,11 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             },
             data="synthetic",
             synthetic_records={"train": 8000, "valid": 500, "test": 500, "pt": 2000},
-            # Lengths: synthetic prompts (template included) are <= 128 tokens and responses < 48.
+            # Dolly-like answers of ~25 tokens (10-50) instead of ~5: with bare answers a hop lowered the student's
+            # reverse KL but moved no student's sampled ROUGE-L significantly; with sentences the one-step hops
+            # raise it (paper_tables/small/calibration.md, runs 0-4). Prompts (template included) are <= 128
+            # tokens; the few answers over 48 tokens lose their last tokens to max_new_tokens.
+            synthetic_answers="sentences",
             sft=dict(
                 # from-scratch models first learn the language (200 LM steps on the synthetic PT corpus), as GPT-2
                 # and OPT did: without it no size learns to answer and the sizes are not ordered (README "Small scale")
@@ -233,21 +241,22 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 dropout=False,
             ),
             minillm=dict(
-                # 2048 distinct rollouts per hop (2 phases of 1024, batch 256, 4 PPO epochs, 32 steps): the fewest
-                # with which every hop lowers MiniLLM's reverse KL at this scale (paper_tables/small/hop-budget.md)
-                total_steps=32,
-                rollouts_per_phase=1024,
-                batch_size=256,
+                # 2048 distinct rollouts per hop (4 phases of 512, batch 64, 4 PPO epochs: 128 steps): 2048 is the
+                # fewest with which every hop lowers MiniLLM's reverse KL at this scale (hop-budget.md); 128 steps at
+                # a tenth of the student's SFT lr (`minillm_lr_per_sft_lr`) is the update size that moves the
+                # students' ROUGE-L, where 32 steps at 1e-4 left every one within noise (calibration.md, runs 0-1)
+                total_steps=128,
+                rollouts_per_phase=512,
+                batch_size=64,
                 micro_batch_size=32,  # memory/speed only: the same numbers, a CPU phase ~2x faster than 256 at once
-                lr=1e-4,
-                warmup_steps=2,
-                eval_interval=32,
+                warmup_steps=8,
+                eval_interval=64,
                 val_examples=64,
                 max_prompt_length=128,
                 generation={"max_new_tokens": 48},
                 pt_seq_length=128,
                 precision="fp32",
-                checkpoint_interval=16,
+                checkpoint_interval=64,
                 log_student_sample=False,
                 # fp32 here, so the decode loop's log-probs equal the reference's rescoring forward up to float
                 # summation order (config.MiniLLMConfig.rollout_logprobs; measured 9e-7 relative on a whole phase)
@@ -256,9 +265,12 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
                 # no PT loss: SFT makes these models forget the PT corpus, so the term would re-train language
                 # modelling instead of preserving it (it raised the reverse KL ~25 %); on at paper scale (ref §4.2)
                 pt_coef=0.0,
-                # whiten_include_padding stays True, the reference's quirk, although ~90 % of the response columns
-                # are padding here: valid-only whitening did not help either (calibration.md)
+                # whiten_include_padding stays True, the reference's quirk: with sentence answers about half of the
+                # 48 response columns are padding (~90 % with bare answers, where valid-only whitening did not help)
             ),
+            # a hop's lr = its student's SFT lr / 10 (3e-4 for GPT-2 760M, 1e-3 for 120M): the SFT lrs follow width
+            # (muP-style) and so does the hop's; MiniLLM's own defaults have the same ratio (5e-6 against 5e-5)
+            minillm_lr_per_sft_lr=0.1,
             evaluation=dict(max_prompt_length=128, generation={"max_new_tokens": 48}, batch_size=50, precision="fp32"),
             why="CPU budget: `nox -s smoke` must run all 22 entries (8 SFT, 14 hops, 22 evaluations) in <= 30 min "
             "on 2 cores; see README 'Small scale' for the measured size ordering.",

@@ -21,8 +21,12 @@ ROUGE-L. This generator is designed for capacity-bound learning instead:
 - **a memorised lexicon** (classification): 12 classes of ~16 real words; answers are the members, never the
   input list echoed back.
 
-Answers are the content only ("Fatur", "Sobin Mehin", "pear, plum"): no boilerplate to get free credit for.
-Responses are 1-30 tokens, prompts (with MiniLLM's template) 40-110 tokens.
+Two answer styles (`ANSWERS`, chosen by the scale): "short" answers are the content only ("Fatur", "Sobin Mehin",
+"pear, plum"; 1-30 tokens, ~5 on average); "sentences" (the small scale) restate that answer as a sentence and
+add the facts around it, as Dolly's answers do ("People in Lolzo speak Nirian. The currency of Lolzo is the gram.
+Other cities of Lolzo are Gredrisres and Greze."; 10-50 tokens, ~24 on average), so that ROUGE-L grades several
+clauses and a sampled answer has many tokens to go wrong on: what on-policy distillation corrects. Prompts (with
+MiniLLM's template) are 40-110 tokens.
 
 Dolly's 8 categories are kept (`CATEGORIES`) so per-category reports read like the paper's data. Knowledge
 categories (open_qa, brainstorming, the "what kind of thing" classification) repeat train questions in valid/test by
@@ -428,7 +432,53 @@ def _allocate(n: int) -> list[str]:
     return [c for c in CATEGORIES for _ in range(counts[c])]
 
 
-def _split_records(split: str, n: int, seed: int, world: World) -> list[dict]:
+def _sentences(cat: str, ins: str, ctx: str, resp: str, extra) -> str:
+    """The Dolly-like answer to a record whose short answer is `resp`: that answer as a sentence, then the facts
+    around it (the asked country's next fact and other cities, the asked person's other facts, the whole bio or
+    trip), 10-50 tokens where the short answer has ~5, so that a sampled answer has many tokens to go wrong on and
+    ROUGE-L grades each clause. `extra` is what the category generator looked up: (country, relation) for
+    open_qa, the country (None for a lexicon list) for brainstorming, the asked person's first name for closed_qa.
+    Uses no randomness, so both answer styles share every other field of every record."""
+    if cat == "open_qa":
+        k, r = extra
+        facts = {
+            "capital": f"The capital of {k.name} is {k.capital}.",
+            "language": f"People in {k.name} speak {k.language}.",
+            "currency": f"The currency of {k.name} is the {k.currency}.",
+            "leader": f"{k.leader} is the leader of {k.name}.",
+        }
+        nxt = RELATIONS[(RELATIONS.index(r) + 1) % len(RELATIONS)]
+        return f"{facts[r]} {facts[nxt]} Other cities of {k.name} are {k.cities[1]} and {k.cities[2]}."
+    if cat == "brainstorming":
+        if extra is not None:
+            a, b, c = extra.cities
+            return f"The main cities of {extra.name} are {a}, {b} and {c}, and {extra.capital} is the capital."
+        return f"Here are some examples: {resp}. They are all {ins.split()[-1].rstrip('.')}."
+    if cat == "closed_qa":  # the asked fact first, then the person's other facts in the context
+        mine = [x.rstrip(".") for x in ctx.split(". ") if x.split()[0] == extra or f"of {extra}" in x]
+        return ". ".join([x for x in mine if resp in x] + [x for x in mine if resp not in x]) + "."
+    if cat == "information_extraction":
+        sents = [x.rstrip(".") for x in ctx.split(". ")]
+        if "," in resp:  # the list of towns, then the trip it comes from
+            return f"{resp}. " + ". ".join(sents) + "."
+        return f"The answer is {resp}. " + next(f"{x}." for x in sents if resp in x)
+    if cat == "summarization":
+        return f"{resp}. {ctx}"
+    if cat == "classification":
+        if ctx:
+            plural = next(p for p in PLURAL.values() if p in ins)
+            return f"The {plural} in the list are {resp}, and the others are not."
+        word = ins.split()[-3] if ins.startswith("Which category") else ins.split()[-1].rstrip("?.")
+        others = ", ".join(w for w in LEXICON[resp][:3] if w != word)
+        return f"A {word} is a kind of {resp}. Other kinds of {resp} are {others}."
+    if cat == "general_qa":
+        if ctx:
+            return f"The answer is {resp}. The list was: {ctx}."
+        return f"The answer is {resp}, because {resp} is more."
+    return f"{resp}. " + ins.replace("Write a", "This is a", 1)
+
+
+def _split_records(split: str, n: int, seed: int, world: World, answers: str = "short") -> list[dict]:
     rng = random.Random(seed * 1_000_003 + _SPLIT_OFFSET[split] * 7_919)
     cats = _allocate(n)
     rng.shuffle(cats)
@@ -446,15 +496,19 @@ def _split_records(split: str, n: int, seed: int, world: World) -> list[dict]:
             k, r = fact_order[n_open % len(facts)] if split == "train" else rng.choice(facts)
             n_open += 1
             ins, ctx, resp = _open_qa(rng, k, r)
+            extra = (k, r)
         elif cat == "brainstorming":
             if rng.random() < 0.75:
                 k = country_order[n_brain % len(countries)] if split == "train" else rng.choice(countries)
                 n_brain += 1
                 ins, ctx, resp = _brainstorm_cities(rng, k)
+                extra = k
             else:
                 ins, ctx, resp = _brainstorm_lexicon(rng)
+                extra = None
         elif cat == "closed_qa":
             ins, ctx, resp = _closed_qa(rng, world)
+            extra = next(w.rstrip("?") for w in ins.split() if w.rstrip("?") in world.first_names)
         elif cat == "information_extraction":
             ins, ctx, resp = _information_extraction(rng, world)
         elif cat == "summarization":
@@ -465,6 +519,8 @@ def _split_records(split: str, n: int, seed: int, world: World) -> list[dict]:
             ins, ctx, resp = _general_qa(rng)
         else:
             ins, ctx, resp = _creative_writing(rng, world)
+        if answers == "sentences":
+            resp = _sentences(cat, ins, ctx, resp, extra if cat in ("open_qa", "brainstorming", "closed_qa") else None)
         # Dolly's own field names (databricks-dolly-15k); benchmark.data maps context -> input, response -> output.
         out.append({"instruction": ins, "context": ctx, "response": resp, "category": cat})
     return out
@@ -503,7 +559,10 @@ def _pt_documents(n: int, seed: int, world: World) -> list[str]:
     return docs
 
 
-def generate_records(seed: int, counts: dict[str, int]) -> dict[str, list]:
+ANSWERS = ("short", "sentences")  # the short answers only, or Dolly-like sentences around them (`_sentences`)
+
+
+def generate_records(seed: int, counts: dict[str, int], answers: str = "short") -> dict[str, list]:
     """Deterministic Dolly-format records for every split in `counts` (train/valid/test; `pt` = PT documents).
 
     >>> recs = generate_records(0, {"train": 400, "valid": 40, "test": 40, "pt": 100})
@@ -512,12 +571,14 @@ def generate_records(seed: int, counts: dict[str, int]) -> dict[str, list]:
 
     Record splits are lists of dicts with Dolly's field names; `pt` is a list of strings (one document each).
     """
+    if answers not in ANSWERS:
+        raise ValueError(f"unknown answer style {answers!r}; expected one of {', '.join(ANSWERS)}")
     world = World.build(seed, n_countries(counts.get("train", 0)))
     out: dict[str, list] = {}
     for split, n in counts.items():
         if split not in _SPLIT_OFFSET:
             raise ValueError(f"unknown split {split!r}; expected some of {', '.join(_SPLIT_OFFSET)}")
-        out[split] = _pt_documents(n, seed, world) if split == "pt" else _split_records(split, n, seed, world)
+        out[split] = _pt_documents(n, seed, world) if split == "pt" else _split_records(split, n, seed, world, answers)
     return out
 
 
@@ -626,7 +687,7 @@ def prepare_synthetic(
     pt_seq_len = pt_seq_len or sc.minillm.get("pt_seq_length", PT_SEQ_LEN)
     max_prompt_length = max_prompt_length or sc.sft.get("max_prompt_length", data.MAX_PROMPT_LENGTH)
     counts = dict(sc.synthetic_records)
-    records = generate_records(seed, counts)
+    records = generate_records(seed, counts, sc.synthetic_answers)
     with data.staging_dir(out_dir) as stage:
         src = write_sources(records, stage / "source")
         tok_dir = stage / "tokenizer"

@@ -420,7 +420,7 @@ def test_a_numeric_field_without_a_range_is_a_programming_error():
 def test_resolve_merges_nested_overrides_into_the_scales_nested_values():
     cfg = config.resolve("minillm", "small", {"generation": {"temperature": 0.9}})
     assert cfg.generation == GenerationSettings(max_new_tokens=48, temperature=0.9)  # the scale's 48, not 256
-    assert cfg.total_steps == 32 and cfg.lr == 1e-4  # the scale's other values stay
+    assert cfg.total_steps == 128 and cfg.warmup_steps == 8  # the scale's other values stay
     ev = config.resolve("evaluation", "small", {"generation": {"top_k": 5}})
     assert ev.generation == GenerationSettings(max_new_tokens=48, no_repeat_ngram_size=6, top_k=5)  # ref §5.1 stays
     assert config.resolve("minillm", "paper") == MiniLLMConfig()  # paper scale overrides nothing
@@ -434,7 +434,7 @@ def test_resolve_sft_takes_the_models_lr_and_the_roles_selection():
     assert (teacher.select_by, init.select_by) == ("rouge_l", "val_loss")  # ref §3.1
     assert teacher.pretrain_steps == 200  # the scale's values stay
     assert config.resolve("sft", "small", {"lr": 1e-3}, model=spec).lr == 1e-3  # a run's override comes last
-    with pytest.raises(config.ConfigError, match="only sft configs"):
+    with pytest.raises(config.ConfigError, match="only sft configs take a role"):
         config.resolve("minillm", "small", role="teacher")
 
 
@@ -455,7 +455,9 @@ def test_every_stage_of_the_plan_carries_resolves_config():
                 want = config.resolve("sft", scale, model=spec, role=s.config["role"])
                 assert s.config["sft"] == config.to_dict(want)
             elif s.kind == "distill":
-                assert s.config["minillm"] == config.to_dict(config.resolve("minillm", scale, overrides["minillm"]))
+                spec = scales.scale(scale).model(s.family, s.config["path"][-1])  # the hop's student
+                want = config.resolve("minillm", scale, overrides["minillm"], model=spec)
+                assert s.config["minillm"] == config.to_dict(want)
             elif s.kind == "evaluate":
                 want = config.resolve("evaluation", scale, overrides["evaluation"])
                 assert s.config["evaluation"] == config.to_dict(want)
@@ -483,15 +485,35 @@ def _train_cli(monkeypatch, argv: list[str], tmp_path) -> object:
     return got[0]
 
 
-def test_train_cli_minillm_keeps_the_scales_nested_values_as_the_plan_does(monkeypatch, tmp_path):
+def test_train_cli_minillm_keeps_the_scales_nested_values_as_the_plan_does(monkeypatch, tmp_path, capsys):
     from benchmark.plan import build_plan
 
     text = '{"generation": {"temperature": 0.9}}'
     argv = ["minillm", "--scale", "small", "--student", "s", "--teacher", "t", "--set", text]
-    cfg = _train_cli(monkeypatch, argv, tmp_path)
+    cfg = _train_cli(monkeypatch, [*argv, "--student-size", "gpt2:760M"], tmp_path)
     assert cfg.generation.max_new_tokens == 48 and cfg.generation.temperature == 0.9
     plan = build_plan(["gpt2/1.5B>760M"], "small", overrides={"minillm": json.loads(text)})
     assert config.to_dict(cfg) == _plan_config(plan, "distill", path=["1.5B", "760M"])["minillm"]
+    # small takes the hop's lr from the student's: without the student's size the command says what to pass
+    from benchmark.__main__ import main
+
+    assert main(["train", *argv, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
+    assert "--student-size FAMILY:SIZE" in capsys.readouterr().err
+    assert _train_cli(monkeypatch, [*argv, "--set", '{"lr": 2e-4}'], tmp_path).lr == 2e-4
+
+
+def test_resolve_minillm_takes_a_tenth_of_the_students_sft_lr_at_small_scale():
+    small = scales.scale("small")
+    for family, size, lr in [("gpt2", "760M", 3e-4), ("gpt2", "120M", 1e-3), ("opt", "2.7B", 4.4e-4)]:
+        assert config.resolve("minillm", "small", model=small.model(family, size)).lr == lr  # exact: rounded
+    spec = small.model("gpt2", "120M")
+    assert config.resolve("minillm", "small", {"lr": 2e-4}, model=spec).lr == 2e-4  # a run's lr comes last
+    # the other scales keep one hop lr for every student
+    for name in ("tiny", "paper"):
+        sc = scales.scale(name)
+        assert config.resolve("minillm", name, model=sc.model("gpt2", "120M")) == config.resolve("minillm", name)
+    with pytest.raises(config.ConfigError, match="only sft and minillm"):
+        config.resolve("evaluation", "small", model=spec)
 
 
 @pytest.mark.parametrize(("size", "role", "select_by"), [("1.5B", "teacher", "rouge_l"), ("760M", "init", "val_loss")])

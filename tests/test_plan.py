@@ -148,7 +148,7 @@ def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
         with pytest.raises(ConfigError, match=words):
             parse_set([bad])
     # the printed plan runs the hops and evaluations with the changed field, and the default plan does not
-    big = '{"rollouts_per_phase": 512, "batch_size": 128, "micro_batch_size": 32}'
+    big = '{"rollouts_per_phase": 512, "batch_size": 128, "micro_batch_size": 32, "total_steps": 32}'
     assert main(["plan", "gpt2/1.5B>120M", "--scale", "small", "--set", f"minillm={big}"]) == 0
     changed = capsys.readouterr().out
     assert main(["plan", "gpt2/1.5B>120M", "--scale", "small"]) == 0
@@ -157,7 +157,7 @@ def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
     distill = next(s for s in hop.stages.values() if s.kind == "distill")
     assert distill.config["minillm"]["rollouts_per_phase"] == 512 and distill.dirname in changed
     assert distill.dirname not in default
-    # its cost estimate follows the hop's size: 32 steps x 128 is half the default 32 x 256 rollout-epochs
+    # its cost estimate follows the hop's size: 32 steps x 128 is half the default 128 x 64 rollout-epochs
     assert f"{distill.dirname:<48} ~57 s CPU" in changed and "~85 s CPU" in default
     # a field the config does not have, or a value it rejects, is a clear error (exit 2), not a traceback
     assert main(["plan", "all", "--scale", "small", "--set", 'minillm={"lrr": 1}']) == 2
@@ -322,3 +322,16 @@ def test_every_setting_input_and_source_is_in_the_stage_id():
             assert _with_id(dataclasses.replace(s, **{field: new})).id != s.id, (s.name, field)
     sourced = [s for s in stages if s.source]
     assert len({s.id for s in sourced}) == len(sourced)
+
+
+def test_small_hops_take_a_tenth_of_their_students_sft_lr_unless_the_run_sets_one():
+    plan = build_plan(["gpt2/1.5B>120M", "gpt2/1.5B>760M>340M", "opt/13B>2.7B"], "small")
+    lrs = {s.name: s.config["minillm"]["lr"] for s in plan.stages.values() if s.kind == "distill"}
+    assert lrs == {
+        "distill-gpt2-1.5B_120M": 1e-3,
+        "distill-gpt2-1.5B_760M": 3e-4,
+        "distill-gpt2-1.5B_760M_340M": 5e-4,
+        "distill-opt-13B_2.7B": 4.4e-4,
+    }
+    fixed = build_plan(["gpt2/1.5B>120M"], "small", overrides={"minillm": {"lr": 2e-4}})
+    assert {s.config["minillm"]["lr"] for s in fixed.stages.values() if s.kind == "distill"} == {2e-4}

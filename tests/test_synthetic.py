@@ -59,6 +59,30 @@ def test_responses_are_content_not_boilerplate():
             assert r["response"] != r["context"]  # the members, not the input echoed back
 
 
+def test_sentence_answers_wrap_the_short_answer_in_the_facts_around_it():
+    short = synthetic.generate_records(0, SMALL)
+    long = synthetic.generate_records(0, SMALL, answers="sentences")
+    assert long == synthetic.generate_records(0, SMALL, answers="sentences") and long["pt"] == short["pt"]
+    lengths = []
+    for a, b in zip(short["test"], long["test"]):
+        # the same record but for its answer, which names every item of the short one (a name, a list, a number)
+        assert {k: v for k, v in a.items() if k != "response"} == {k: v for k, v in b.items() if k != "response"}
+        assert all(item in b["response"] for item in a["response"].split(", "))
+        assert len(b["response"].split()) > len(a["response"].split())
+        lengths.append(len(b["response"].split()))
+    assert 12 <= sum(lengths) / len(lengths) <= 25  # words: Dolly-like tens of tokens, not ~5
+    by_question = {b["instruction"]: b["response"] for b in long["test"]}
+    assert by_question["Which language is spoken in Lolzo?"] == (
+        "People in Lolzo speak Nirian. The currency of Lolzo is the gram. Other cities of Lolzo are Gredrisres and "
+        "Greze."
+    )
+    for b in long["test"]:  # the class is named whatever the question's wording ("Pick out the fruits from ...")
+        if b["category"] == "classification" and b["context"]:
+            assert b["response"].startswith("The ") and " list in the list " not in b["response"]
+    with pytest.raises(ValueError, match="answer style"):
+        synthetic.generate_records(0, TINY, answers="long")
+
+
 @pytest.mark.parametrize("family", ["gpt2", "opt"])
 def test_tokenizer_specials(tmp_path, family):
     from transformers import AutoTokenizer

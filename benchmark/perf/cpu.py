@@ -91,7 +91,7 @@ def prepare(scale: str, work: Path) -> dict:
     done = work / "setup.json"
     if done.is_file():
         return json.loads(done.read_text())
-    mcfg, ecfg = resolve("minillm", scale), resolve("evaluation", scale)
+    mcfg, ecfg = hop_config(scale), resolve("evaluation", scale)
     data = prepare_synthetic(scale, "gpt2", work / "data")
     n_positions = max(
         mcfg.max_prompt_length + mcfg.generation.max_new_tokens,
@@ -122,6 +122,13 @@ def _load(setup: dict, role: str):
     return load_model(setup[role]["path"], CPU, torch.float32, dropout=False)
 
 
+def hop_config(scale: str, overrides: dict | None = None) -> MiniLLMConfig:
+    """The MiniLLM config the plan gives a hop into the benchmark's GPT-2 student at `scale` (its lr included)."""
+    from benchmark import scales
+
+    return resolve("minillm", scale, overrides, model=scales.scale(scale).model("gpt2", STUDENT_SIZE))
+
+
 class TimedTeacher:
     """The teacher seen through a stopwatch: while `on` (CPU: synchronous), `seconds` accumulates forward time and
     `rows` the sequences forwarded."""
@@ -150,7 +157,7 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
     from benchmark.data import load_prepared
     from benchmark.sampling import example_generators, left_pad, sample
 
-    cfg = resolve("minillm", setup["scale"])
+    cfg = hop_config(setup["scale"])
     data = load_prepared(setup["data"], "gpt2")
     eos = data.eos_token_id
     student, teacher = _load(setup, "student"), _load(setup, "teacher")
@@ -228,8 +235,8 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
 def training_config(scale: str, cache: bool) -> MiniLLMConfig:
     """The scale's MiniLLM config with `cache_teacher_logits=cache`, its total_steps covering the warm-up phase and
     the measured one (a phase ends early at total_steps; the schedule is constant after the warm-up steps)."""
-    per_phase = resolve("minillm", scale).steps_per_phase
-    return resolve("minillm", scale, {"cache_teacher_logits": cache, "total_steps": 2 * per_phase})
+    per_phase = hop_config(scale).steps_per_phase
+    return hop_config(scale, {"cache_teacher_logits": cache, "total_steps": 2 * per_phase})
 
 
 def worker_training(setup: dict, rnd: int, quick: bool, cache: bool = True) -> dict:
@@ -330,7 +337,7 @@ def rkl_config(scale: str, quick: bool) -> MiniLLMConfig:
     """Our side of the TRL comparison, the like-for-like objective: one optimizer step per generation of
     `batch_size` prompts, fully on-policy, loss = token mean of the exact reverse KL(q||p) over the vocabulary (our
     single-step term = TRL beta=1); no mixing, no PG or PT term, constant LR, no validation or checkpoint inside."""
-    batch = resolve("minillm", scale).batch_size
+    batch = hop_config(scale).batch_size
     overrides = dict(
         teacher_mixed_alpha=0.0,
         policy_gradient=False,
@@ -345,7 +352,7 @@ def rkl_config(scale: str, quick: bool) -> MiniLLMConfig:
         val_examples=batch,
         log_student_sample=False,
     )
-    return resolve("minillm", scale, overrides)
+    return hop_config(scale, overrides)
 
 
 def rkl_settings(scale: str, quick: bool) -> dict:
