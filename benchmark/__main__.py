@@ -42,7 +42,7 @@ from benchmark.checks import DEFAULT_TOLERANCES, Tolerances
 from benchmark.laws import LAWS
 from benchmark.perf import cpu, gpu
 from benchmark.perf.common import PerfError
-from benchmark.plan import Plan, build_plan, describe
+from benchmark.plan import Plan, build_plan, describe, resolved_entry
 from benchmark.plan import __doc__ as plan_doc
 
 # `train`'s description (-h): what a stage writes and where its code is.
@@ -112,7 +112,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    print(scales.describe_entry(registry.get(args.key), scales.scale(args.scale)))
+    if args.format == "json":
+        overrides = parse_set(args.overrides or [])
+        entry = resolved_entry(args.key, args.scale, retrain_one_step=args.retrain_one_step, overrides=overrides)
+        print(json.dumps(entry, indent=2))
+    else:
+        print(scales.describe_entry(registry.get(args.key), scales.scale(args.scale)))
     return 0
 
 
@@ -404,6 +409,15 @@ def _add_registry_verbs(sub) -> None:
     s.add_argument(
         "--scale", default="paper", choices=list(scales.SCALES), help="resolve at this scale (default paper)"
     )
+    s.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="text (default): the entry and its models; json: also every stage it needs with its full resolved "
+        "config, as plan/run would execute it",
+    )
+    s.add_argument("--retrain-one-step", action="store_true", help="json: as for run")
+    s.add_argument("--set", dest="overrides", action="append", metavar="KIND=JSON", help="json: as for run")
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("validate", help="resolve every entry at every scale")

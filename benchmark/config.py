@@ -200,7 +200,7 @@ class SFTConfig:
     weight decay 0.01 except MiniLLM's no-decay names; dropout on; gradient clipping 1.0; global batch 32.
     """
 
-    lr: float = 5e-5  # per size in the scripts (ref §2.4 table); scales set it per model (ModelSpec.sft_lr)
+    lr: float = 5e-5  # per size in the scripts (ref §2.4): Scale.sft_by_size at paper scale, ModelSpec.sft_lr below
     lr_min: float = 1e-7  # ref §2.4: CosineAnnealingLR down to lr_min
     warmup_steps: int = 0  # ref §2.4: no warmup
     epochs: int = 10  # ref §2.4 (teacher/large); total_steps overrides when set
@@ -411,8 +411,8 @@ def resolve(
 ):
     """The frozen config of `kind` ("sft", "minillm" or "evaluation") at `scale`: the paper-faithful defaults, then
     the scale's values, then the model's own learning rate, then `overrides`:
-    - sft: the model's `sft_lr` and the selection metric of its `role` (the teacher by ROUGE-L, inits by validation
-      loss, ref §3.1);
+    - sft: the scale's settings of that size (`Scale.sft_by_size`: paper scale's per-size scripts), the model's
+      `sft_lr` and the selection metric of its `role` (the teacher by ROUGE-L, inits by validation loss, ref §3.1);
     - minillm (`model` = the hop's student): `sft_lr x Scale.minillm_lr_per_sft_lr` where the scale sets that ratio
       (small: a tenth), rounded so that the config reads 3e-4, not 3.0000000000000003e-4.
     Nested values merge field by field: overriding `generation.temperature` keeps the scale's
@@ -420,13 +420,16 @@ def resolve(
     cls = KINDS[kind]
     _check(kind in ("sft", "minillm") or model is None, f"only sft and minillm configs take a model, not {kind}")
     _check(kind == "sft" or role is None, f"only sft configs take a role, not {kind}")
+    sc = scales.scale(scale)
     own: dict[str, Any] = {}
-    ratio = 1.0 if kind == "sft" else scales.scale(scale).minillm_lr_per_sft_lr
+    if kind == "sft" and model is not None:
+        own.update(sc.sft_by_size.get(model.arch, {}).get(model.size, {}))
+    ratio = 1.0 if kind == "sft" else sc.minillm_lr_per_sft_lr
     if model is not None and model.sft_lr is not None and ratio:
         own["lr"] = round(model.sft_lr * ratio, 12)
     if role is not None:
         own["select_by"] = "rouge_l" if role == "teacher" else "val_loss"
-    return for_scale(cls, _merge(_merge(getattr(scales.scale(scale), kind), own), overrides or {}))
+    return for_scale(cls, _merge(_merge(getattr(sc, kind), own), overrides or {}))
 
 
 def _merge(base: dict, override: dict) -> dict:

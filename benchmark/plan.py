@@ -298,6 +298,49 @@ def stage_cost(stage: Stage, scale_name: str) -> str:
     return "minutes" if stage.kind == "data" else "hours (SFT)"
 
 
+def resolved_entry(
+    key: str, scale_name: str, *, retrain_one_step: bool = False, overrides: dict[str, dict] | None = None
+) -> dict:
+    """`python -m benchmark show KEY --scale S --format json`: the entry, its models at the scale and every stage it
+    needs (upstream ones included) with its full resolved config, id and inputs, in run order: what a run of that
+    entry would execute, e.g. a hop's batch size, rollouts per phase, lr and checkpoint interval."""
+    e, sc = registry.get(key), scales.scale(scale_name)
+    plan = build_plan([key], scale_name, retrain_one_step=retrain_one_step, overrides=overrides)
+    stages = []
+    for s in plan.stages.values():
+        cost = stage_cost_value(s, scale_name)
+        stages.append(
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "id": s.id,
+                "dirname": s.dirname,
+                "entry": s.entry,
+                "source": s.source,
+                "inputs": {role: plan.stages[sid].dirname for role, sid in s.inputs.items()},
+                "config": s.config,
+                "overrides": s.overrides,
+                "cost": None if cost is None else {"amount": round(cost[0], 4), "unit": cost[1]},
+            }
+        )
+    return {
+        "key": e.key,
+        "family": e.family,
+        "path": list(e.path),
+        "label": e.label,
+        "tables": list(e.tables),
+        "figures": list(e.figures),
+        "published": dataclasses.asdict(e.published),
+        "reference": dataclasses.asdict(e.reference) if e.reference else None,
+        "scale": {"name": sc.name, "description": sc.description, "why": sc.why},
+        "models": [
+            {"role": role, "size": size, **dataclasses.asdict(sc.model(e.family, size))} for role, size in e.roles
+        ],
+        "retrain_one_step": retrain_one_step,
+        "stages": stages,
+    }
+
+
 def describe(plan: Plan, run_dir: Path) -> str:
     """The plan as a table (status, kind, stage directory, estimated cost, inputs) with totals: stage counts by
     status and the estimated cost of the stages still to run."""

@@ -132,6 +132,8 @@ class Scale:
     synthetic_records: dict[str, int] = field(default_factory=dict)  # split -> count, synthetic data only
     synthetic_answers: str = "short"  # benchmark.synthetic.ANSWERS: the bare answers or Dolly-like sentences
     sft: dict = field(default_factory=dict)
+    # family -> size -> SFT fields of that model alone (paper scale: the reference's per-size scripts)
+    sft_by_size: dict[str, dict[str, dict]] = field(default_factory=dict)
     minillm: dict = field(default_factory=dict)
     # A hop's learning rate as a fraction of its student's SFT lr (ModelSpec.sft_lr, `config.resolve`); None: the
     # `minillm` lr for every hop
@@ -173,6 +175,27 @@ def _paper_models() -> dict[str, dict[str, ModelSpec]]:
     return out
 
 
+# The reference's SFT settings per size (microsoft/LMOps `minillm/scripts/{gpt2,opt}/sft/*.sh`, read at 4f2a9de:
+# `LR=` and `--epochs`; ref §2.4). Everything else is the same in every script and is SFTConfig's default: global
+# batch 32, cosine to 1e-7 without warmup, weight decay 0.01, clip 1.0, lengths 512/256, fp16 ZeRO-1 (OPT 6.7B/13B
+# add model parallelism 4 at the same global batch). Used when an SFT stage is trained at paper scale
+# (`train sft --model gpt2:120M --scale paper`); the plan itself takes MiniLLM's public SFT checkpoints.
+_PAPER_SFT = {
+    "gpt2": {
+        "120M": {"lr": 5e-4, "epochs": 20},  # gpt2/sft/sft_base.sh:24 LR=0.0005, :55 --epochs 20
+        "340M": {"lr": 1e-4, "epochs": 20},  # gpt2/sft/sft_medium.sh:24 LR=0.0001, :55 --epochs 20
+        "760M": {"lr": 1e-4, "epochs": 10},  # gpt2/sft/sft_large.sh:24 LR=0.0001, :55 --epochs 10
+        "1.5B": {"lr": 5e-5, "epochs": 10},  # gpt2/sft/sft_xlarge.sh:24 LR=0.00005, :56 --epochs 10
+    },
+    "opt": {
+        "1.3B": {"lr": 5e-5, "epochs": 10},  # opt/sft/sft_1.3B.sh:24 LR=0.00005, :57 --epochs 10
+        "2.7B": {"lr": 5e-5, "epochs": 10},  # opt/sft/sft_2.7B.sh (sft_1.3B.sh but the checkpoint name)
+        "6.7B": {"lr": 1e-5, "epochs": 10},  # opt/sft/sft_6.7B.sh LR=0.00001 (batch 8 x DP 4 = 32)
+        "13B": {"lr": 1e-5, "epochs": 10},  # opt/sft/sft_13B.sh LR=0.00001 (batch 2 x GA 4 x DP 4 = 32)
+    },
+}
+
+
 def _built(arch: Arch, dims: dict[str, tuple[int, int, int, float]]) -> dict[str, ModelSpec]:
     return {
         s: ModelSpec(arch=arch, size=s, n_layer=L, n_embd=d, n_head=h, sft_lr=lr) for s, (L, d, h, lr) in dims.items()
@@ -187,6 +210,7 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             "5000 MiniLLM steps per hop (GPUs needed; see README 'Hardware')",
             models=_paper_models(),
             data="dolly",
+            sft_by_size=_PAPER_SFT,
         ),
         "small": Scale(
             name="small",

@@ -555,3 +555,32 @@ def test_the_runner_executes_the_config_of_the_stage_in_the_plan(monkeypatch, tm
             runner.execute_stage(write_stage_spec(stage, plan, tmp_path))
         key = {"sft": "sft", "distill": "minillm", "evaluate": "evaluation"}[stage.kind]
         assert config.to_dict(got.pop()) == stage.config[key]
+
+
+@pytest.mark.parametrize(
+    ("family", "size", "lr", "epochs"),
+    # microsoft/LMOps minillm/scripts/{gpt2,opt}/sft/*.sh: LR= and --epochs (ref §2.4)
+    [
+        ("gpt2", "120M", 5e-4, 20),
+        ("gpt2", "340M", 1e-4, 20),
+        ("gpt2", "760M", 1e-4, 10),
+        ("gpt2", "1.5B", 5e-5, 10),
+        ("opt", "1.3B", 5e-5, 10),
+        ("opt", "2.7B", 5e-5, 10),
+        ("opt", "6.7B", 1e-5, 10),
+        ("opt", "13B", 1e-5, 10),
+    ],
+)
+def test_paper_sft_takes_the_reference_scripts_settings_of_each_size(family, size, lr, epochs):
+    spec = scales.scale("paper").model(family, size)
+    cfg = config.resolve("sft", "paper", model=spec, role="init")
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.warmup_steps, cfg.lr_min) == (lr, epochs, 32, 0, 1e-7)
+    assert config.resolve("sft", "paper", {"epochs": 3}, model=spec).epochs == 3  # a run's override comes last
+    assert config.resolve("sft", "paper") == SFTConfig()  # no model: the defaults
+
+
+def test_train_cli_sft_at_paper_scale_uses_the_sizes_settings(monkeypatch, tmp_path):
+    cfg = _train_cli(monkeypatch, ["sft", "--scale", "paper", "--model", "gpt2:120M"], tmp_path)
+    assert (cfg.lr, cfg.epochs, cfg.select_by) == (5e-4, 20, "val_loss")
+    cfg = _train_cli(monkeypatch, ["sft", "--scale", "paper", "--model", "opt:13B"], tmp_path)
+    assert (cfg.lr, cfg.epochs, cfg.select_by) == (1e-5, 10, "rouge_l")  # the teacher: by ROUGE-L (ref §3.1)

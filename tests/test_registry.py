@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import registry
+from benchmark import registry, scales
 from benchmark.registry import RegistryError
 
 # A copy of shared/paper/published_numbers.csv (the numbers as transcribed from the paper's Tables 1-4): an
@@ -156,3 +156,29 @@ def test_cli_ls_json_and_validate():
     assert "22 entries x 3 scales" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "benchmark", "show", "gpt2/1.5B>700M"], capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 760M" in bad.stderr
+
+
+def test_cli_show_json_is_the_plan_of_the_entry_with_resolved_configs(capsys):
+    from benchmark.__main__ import main
+    from benchmark.config import resolve, to_dict
+    from benchmark.plan import build_plan
+
+    key = "gpt2/1.5B>760M>120M"
+    assert main(["show", key, "--scale", "small", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["key"] == key and [m["role"] for m in shown["models"]] == ["teacher", "TA", "student"]
+    plan = build_plan([key], "small")
+    assert [s["dirname"] for s in shown["stages"]] == [s.dirname for s in plan.stages.values()]  # run order, ids
+    hop = next(s for s in shown["stages"] if s["name"] == "distill-gpt2-1.5B_760M_120M")
+    student = scales.scale("small").model("gpt2", "120M")
+    assert hop["config"]["minillm"] == to_dict(resolve("minillm", "small", model=student))
+    assert hop["inputs"]["teacher"].startswith("distill-gpt2-1.5B_760M-") and hop["cost"]["unit"] == "s CPU"
+    # --set shows the run's config, and paper scale the public checkpoints a stage comes from
+    assert main(["show", key, "--scale", "small", "--format", "json", "--set", 'minillm={"batch_size": 32}']) == 0
+    changed = json.loads(capsys.readouterr().out)
+    hop = next(s for s in changed["stages"] if s["name"] == "distill-gpt2-1.5B_760M_120M")
+    assert hop["config"]["minillm"]["batch_size"] == 32 and hop["overrides"] == {"minillm": {"batch_size": 32}}
+    assert main(["show", key, "--format", "json"]) == 0
+    paper = {s["name"]: s for s in json.loads(capsys.readouterr().out)["stages"]}
+    assert paper["distill-gpt2-1.5B_760M"]["source"] == "MiniLLM/MiniLLM-gpt2-760M"
+    assert paper["distill-gpt2-1.5B_760M_120M"]["source"] is None
