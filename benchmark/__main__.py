@@ -399,22 +399,14 @@ def cmd_planner_report(args: argparse.Namespace) -> int:
 
 def _add_registry_verbs(sub) -> None:
     s = sub.add_parser("ls", help="list the paper entries with their published numbers")
-    s.add_argument(
-        "--format", choices=["table", "json"], default="table", help="a table for people (default) or JSON for programs"
-    )
+    s.add_argument("--format", choices=["table", "json"], default="table", help="a table (default) or JSON")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("show", help="one entry resolved at a scale")
     s.add_argument("key", help="an entry key, e.g. gpt2/1.5B>760M>120M (python -m benchmark ls lists them)")
+    s.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="resolve at this scale (paper)")
     s.add_argument(
-        "--scale", default="paper", choices=list(scales.SCALES), help="resolve at this scale (default paper)"
-    )
-    s.add_argument(
-        "--format",
-        choices=["text", "json"],
-        default="text",
-        help="text (default): the entry and its models; json: also every stage it needs with its full resolved "
-        "config, as plan/run would execute it",
+        "--format", choices=["text", "json"], default="text", help="json: also every stage with its resolved config"
     )
     s.add_argument("--retrain-one-step", action="store_true", help="json: as for run")
     s.add_argument("--set", dest="overrides", action="append", metavar="KIND=JSON", help="json: as for run")
@@ -446,19 +438,15 @@ def _add_data(sub) -> None:
     s = verbs.add_parser("pt", help="PT chunks for MiniLLM's PT loss (ref §4.2), into a prepared or new dir")
     s.add_argument("--family", **fam)
     s.add_argument("--tokenizer", help="needed only for a new dir; default: the prepared dir's own tokenizer")
-    s.add_argument("--source", default="hub", help="hub (OpenWebText for gpt2), hub:DATASET, or a text file")
+    s.add_argument("--source", default="hub", help=data.PT_SOURCE_HELP)
     s.add_argument("--out", type=Path, help="default: data/prepared/dolly-FAMILY")
     s.add_argument(
         "--seq-len", type=int, default=data.PT_SEQ_LEN, help=f"tokens per PT chunk (default {data.PT_SEQ_LEN})"
     )
-    s.add_argument(
-        "--max-chunks", type=int, default=None, help="stop after this many chunks (default: the whole source)"
-    )
+    s.add_argument("--max-chunks", type=int, default=None, help="use the first N chunks (default: all, as MiniLLM)")
 
     s = verbs.add_parser("synthetic", help="generate + tokenizer + prepare + PT for the small/tiny scales")
-    s.add_argument(
-        "--scale", choices=["small", "tiny"], required=True, help="how many records to generate (the scale's)"
-    )
+    s.add_argument("--scale", choices=["small", "tiny"], required=True, help="how many records (the scale's)")
     s.add_argument("--family", **fam)
     s.add_argument("--out", type=Path, help="default: data/prepared/SCALE-FAMILY")
     s.add_argument("--seed", type=int, default=0, help="generator seed (default 0, what run/reproduce use)")

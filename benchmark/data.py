@@ -2,8 +2,11 @@
 
     python -m benchmark data dolly --family gpt2 --tokenizer openai-community/gpt2 --source hub
     # -> data/prepared/dolly-gpt2/: ~14k train, 1000 valid, 500 test (train/valid prompts > 256 tokens dropped)
-    python -m benchmark data pt --family gpt2 --source hub --out data/prepared/dolly-gpt2 --max-chunks 100000
-    # -> adds pt.npy: int32 [100000, 512] chunks of OpenWebText, documents + EOS concatenated
+    python -m benchmark data pt --family opt --source hub --out data/prepared/dolly-opt
+    # -> records where MiniLLM's processed corpus (MiniLLM/roberta-corpus-processed, opt/512/20M/train_0.*) lies;
+    #    the corpus stays there (Hugging Face cache) and is read memory-mapped (benchmark.indexed)
+    python -m benchmark data pt --family gpt2 --source FILE --out DIR --max-chunks 100000
+    # -> adds pt.npy: int32 [100000, 512] chunks of a text file, documents + EOS concatenated
     python -m benchmark data synthetic --scale small --family opt
     # -> data/prepared/small-opt/ in a few seconds (benchmark.synthetic)
 
@@ -14,7 +17,8 @@ A prepared directory holds one family's tokenization:
     tokenizer/           save_pretrained copy: AutoTokenizer.from_pretrained(dir / "tokenizer") works offline
     train.jsonl          one object per line: instruction, input, output, category, prompt, prompt_ids, response_ids
     valid.jsonl, test.jsonl
-    pt.npy               optional: int32 [n_chunks, seq_len]
+    pt.npy               optional, text PT sources: int32 [n_chunks, seq_len]; an indexed PT corpus is not
+                         copied: manifest["pt"]["corpus"] says where its files are (and their sizes, .idx sha256)
     source/              synthetic data only: the generated raw files the rest was prepared from
 
 Readers use `load_prepared(path, family)`, which checks that the directory was prepared for that family.
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark import BenchmarkError
+from benchmark import BenchmarkError, indexed
 
 FORMAT_VERSION = 1
 MAX_PROMPT_LENGTH = 256  # ref §4.1: --max-prompt-length 256
@@ -45,7 +49,13 @@ PT_SEQ_LEN = 512  # ref §4.2: 512-token chunks
 NEWLINE_MARKER = "<@x(x!>"  # ref §4.2: get_openwebtext.py writes runs of newlines as this marker
 DEFAULT_ROOT = Path("data/prepared")
 HUB_DOLLY = "MiniLLM/dolly"  # ref §4.1: raw.jsonl (train + validation) and valid.jsonl (the 500-record test set)
-HUB_PT = {"gpt2": "Skylion007/openwebtext", "opt": None}  # ref §4.2; OPT's "RoBERTa corpus" has no hub copy
+# MiniLLM's processed PT corpora (ref §3.2, §4.2): (hub dataset, folder of train_0.bin/.idx in it). GPT-2's files lie
+# at the repo root. OPT's folder is where the reference's OPT scripts read them, LMOps minillm/scripts/opt/minillm/
+# train_*_13B.sh:24 processed_data/roberta/opt/512/20M/ (its README:58 downloads the repo somewhere else).
+HUB_PT = {
+    "gpt2": ("MiniLLM/openwebtext-processed", ""),
+    "opt": ("MiniLLM/roberta-corpus-processed", "opt/512/20M"),
+}
 SPLITS = ("train", "valid", "test")
 
 # Field conventions: MiniLLM/dolly (instruction, input, output) and databricks-dolly-15k (instruction, context,
@@ -262,6 +272,11 @@ def _load_tokenizer(name_or_path):
         ) from None
 
 
+def _tokenizer_record(tok, name: str) -> dict:
+    ids = {k: getattr(tok, k) for k in ("eos_token_id", "bos_token_id", "pad_token_id")}
+    return {"name": name, "vocab_size": len(tok), **ids}
+
+
 def _encode(tok, texts: list[str]) -> list[list[int]]:
     # No special tokens (ref §4.1): the OPT tokenizer would otherwise prepend </s> as BOS.
     return tok(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -356,13 +371,7 @@ def write_dolly(
             "raw": {"name": raw_file.name, "sha256": sha256_file(raw_file)},
             "test": {"name": test_file.name, "sha256": sha256_file(test_file)},
         },
-        "tokenizer": {
-            "name": tokenizer_name or str(tokenizer),
-            "vocab_size": len(tok),
-            "eos_token_id": tok.eos_token_id,
-            "bos_token_id": tok.bos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
+        "tokenizer": _tokenizer_record(tok, tokenizer_name or str(tokenizer)),
         "max_prompt_length": max_prompt_length,
         "dev_num": dev_num,
         "counts": counts,
@@ -400,18 +409,102 @@ def prepare_dolly(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# PT corpus (ref §4.2)
+# PT corpus (ref §4.2): MiniLLM's processed corpora, read where they lie, or text tokenized here into pt.npy
 # --------------------------------------------------------------------------------------------------------------
+
+PT_SOURCES = (
+    "--source hub (MiniLLM's processed corpus), DIR (a folder with train_0.bin + train_0.idx), hub:DATASET (a "
+    f"hub dataset with a 'text' column) or FILE (text, one document per line, newlines written as {NEWLINE_MARKER})"
+)
+PT_SOURCE_HELP = (  # `data pt --help`
+    "hub (default): MiniLLM's processed corpus (gpt2: MiniLLM/openwebtext-processed, opt: MiniLLM/roberta-corpus-"
+    "processed opt/512/20M), downloaded to the Hugging Face cache and read there, memory-mapped; DIR: a folder with "
+    "train_0.bin + train_0.idx (MiniLLM's indexed format), read there; hub:DATASET (a 'text' column, e.g. "
+    "hub:Skylion007/openwebtext) or FILE (one document per line): tokenized into pt.npy"
+)
 
 
 def _check_pt_file(path: Path) -> Path:
     if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise DataError(
-            f"PT source {path} {what}: pass --source FILE (a text file, one document per line, newlines written as "
-            f"{NEWLINE_MARKER}) or --source hub / hub:DATASET"
-        )
+        what = "is a directory, not a text file" if path.is_dir() else "does not exist"
+        raise DataError(f"PT source {path} {what}: pass {PT_SOURCES}")
     return path
+
+
+def _pt_source_kind(source) -> str:
+    """hub (processed corpus), hub-text (hub:DATASET), dir (indexed files) or file (text) for a --source value."""
+    if isinstance(source, str) and (source == "hub" or source.startswith("hub:")):
+        return "hub" if source == "hub" else "hub-text"
+    return "dir" if Path(source).is_dir() else "file"
+
+
+def find_pt_corpus(directory, family: str, origin: str | None = None) -> Path:
+    """The folder holding the indexed PT files train_0.bin/.idx: `directory` itself or, for a copy of the whole hub
+    repo, the family's folder in it (HUB_PT); DataError listing where it looked. `origin` names the directory in
+    that message (e.g. the hub dataset it was downloaded from)."""
+    directory = Path(directory)
+    folder = HUB_PT[family][1]
+    looked = [directory] + ([directory / folder] if folder else [])
+    for d in looked:
+        if (d / "train_0.idx").is_file() or (d / "train_0.bin").is_file():
+            return d
+    hint = (
+        " MiniLLM's OPT scripts read the corpus from processed_data/roberta/opt/512/20M/, while its README "
+        "downloads MiniLLM/roberta-corpus-processed into processed_data/openwebtext/: pass the folder that holds "
+        "train_0.bin, wherever it landed."
+        if family == "opt"
+        else ""
+    )
+    raise DataError(
+        f"no indexed PT corpus in {origin or directory}: looked for train_0.bin and train_0.idx in "
+        + ", ".join(f"{d}/" for d in looked)
+        + f".{hint} Or pass --source hub:DATASET / FILE to tokenize text instead."
+    )
+
+
+def download_pt_corpus(family: str) -> tuple[Path, dict]:
+    """(folder of the train_*.bin/.idx files, source description) of the family's processed corpus (HUB_PT),
+    downloaded into the Hugging Face cache, the train split only: GPT-2's is 17.8 GB + 208 MB."""
+    from huggingface_hub import snapshot_download
+
+    repo, folder = HUB_PT[family]
+    pattern = f"{folder}/train_*" if folder else "train_*"
+    try:
+        snapshot = Path(snapshot_download(repo_id=repo, repo_type="dataset", allow_patterns=[pattern]))
+    except Exception as exc:  # network, offline mode without a cached copy: all reported the same way
+        raise DataError(
+            f"could not fetch {pattern} from the hub dataset {repo} ({type(exc).__name__}: {exc}); check the "
+            "network/HF_HUB_OFFLINE, or download the files and pass --source DIR"
+        ) from None
+    corpus = find_pt_corpus(snapshot, family, origin=f"the hub dataset {repo} (snapshot {snapshot})")
+    revision = snapshot.name if snapshot.parent.name == "snapshots" else None  # the HF cache names it by commit
+    return corpus, {"kind": "pt", "location": f"hub:{repo}", "folder": folder, "revision": revision}
+
+
+def write_pt_indexed(stage: Path, corpus: Path, seq_len: int, max_chunks: int | None, source: dict) -> dict:
+    """Record in the stage's manifest where an indexed PT corpus lies, with a cheap identity (file sizes, the .idx
+    files' sha256), after opening it as `PreparedData.pt_chunks()` will. Nothing of the corpus is copied."""
+    manifest = json.loads((stage / "manifest.json").read_text(encoding="utf-8"))
+    rows = indexed.open_split(corpus, "train", max_rows=max_chunks, width=seq_len)
+    vocab = manifest["tokenizer"]["vocab_size"]
+    top = int(np.asarray(rows[: min(len(rows), 1024)]).max())
+    if top >= vocab:
+        raise DataError(
+            f"{corpus}: token id {top} in its first windows, beyond the {vocab} ids of the {manifest['family']} "
+            "tokenizer: the corpus was tokenized for another model; pass the family's own corpus"
+        )
+    (stage / "pt.npy").unlink(missing_ok=True)  # a text corpus prepared into this dir before
+    manifest["pt"] = {
+        "format": "indexed",
+        "source": source,
+        "corpus": indexed.split_record(corpus, "train", len(getattr(rows, "parts", [rows]))),
+        "dtype": rows.dtype.name,
+        "seq_len": int(rows.shape[1]),
+        "max_chunks": max_chunks,
+        "n_chunks": len(rows),
+    }
+    _write_manifest(stage, manifest)
+    return manifest
 
 
 def iter_text_documents(path) -> Iterator[str]:
@@ -423,14 +516,14 @@ def iter_text_documents(path) -> Iterator[str]:
             yield doc
 
 
-def iter_hub_documents(family: str, source: str) -> Iterator[str]:
-    """Documents streamed from the hub: OpenWebText for GPT-2 (ref §4.2), or `hub:DATASET` with a `text` column."""
-    repo = source.partition(":")[2] or HUB_PT[family]
-    if repo is None:
+def iter_hub_documents(source: str) -> Iterator[str]:
+    """Documents streamed from `hub:DATASET`, a hub dataset with a `text` column (e.g. hub:Skylion007/openwebtext,
+    the text MiniLLM cut its GPT-2 corpus from, ref §4.2)."""
+    repo = source.partition(":")[2]
+    if not repo:
         raise DataError(
-            "MiniLLM's OPT PT corpus (data/roberta/data.txt) has no hub copy and its composition is "
-            "undocumented (ref §4.2): pass --source hub:DATASET (a dataset with a 'text' column) or "
-            "--source FILE (one document per line)"
+            "--source hub: names no dataset: pass hub:DATASET (e.g. hub:Skylion007/openwebtext) to tokenize a "
+            "text dataset, or plain --source hub for MiniLLM's processed corpus"
         )
     from datasets import load_dataset
 
@@ -477,18 +570,17 @@ def write_pt(
     seq_len: int = PT_SEQ_LEN,
     max_chunks: int | None = None,
     description: dict | None = None,
-    family: str | None = None,
 ) -> dict:
-    """Write stage/pt.npy with the stage's own tokenizer and record it in its manifest (callers stage it)."""
+    """Tokenize a text PT source (a file, or `hub:DATASET`) into stage/pt.npy with the stage's own tokenizer and
+    record it in its manifest (callers stage it)."""
     manifest = json.loads((stage / "manifest.json").read_text(encoding="utf-8"))
-    family = family or manifest["family"]
     tok = _load_tokenizer(stage / "tokenizer")
-    if isinstance(source, Path) or not (source == "hub" or str(source).startswith("hub:")):
+    if _pt_source_kind(source) == "hub-text":
+        documents = iter_hub_documents(source)
+        inputs = {"name": source, "sha256": None}
+    else:
         documents = iter_text_documents(source)
         inputs = {"name": Path(source).name, "sha256": sha256_file(_check_pt_file(Path(source)))}
-    else:
-        documents = iter_hub_documents(family, source)
-        inputs = {"name": source, "sha256": None}
     array, n_docs = pt_chunks(tok, documents, seq_len, max_chunks)
     if len(array) == 0:
         raise DataError(f"PT source {source}: fewer than {seq_len} tokens in total; nothing to write")
@@ -513,9 +605,14 @@ def prepare_pt(
     seq_len: int = PT_SEQ_LEN,
     max_chunks: int | None = None,
 ) -> PreparedData:
-    """Add pt.npy to a prepared dir (its own tokenizer) or create a PT-only dir with `tokenizer`."""
+    """Add PT chunks to a prepared dir (its own tokenizer) or create a PT-only dir with `tokenizer`.
+
+    `source`: `hub` (the family's processed corpus, HUB_PT, downloaded into the Hugging Face cache) or a folder of
+    indexed files: recorded where they lie and read memory-mapped, the first `max_chunks` windows when given (the
+    reference reads them all). `hub:DATASET` or a text file: tokenized into pt.npy (ref §4.2)."""
     _check_family(family)
-    if not (source == "hub" or source.startswith("hub:")):
+    kind = _pt_source_kind(source)
+    if kind == "file":
         _check_pt_file(Path(source))  # before any tokenizer is loaded or directory staged
     out_dir = Path(out_dir)
     existing = (out_dir / "manifest.json").is_file()
@@ -528,6 +625,11 @@ def prepare_pt(
             )
     elif tokenizer is None:
         raise DataError(f"{out_dir} is not a prepared data dir; pass --tokenizer to create a PT-only dir there")
+    corpus = None  # the checks above come first: `hub` downloads many GB
+    if kind == "dir":
+        corpus, where = find_pt_corpus(source, family), {"kind": "pt", "location": str(Path(source).absolute())}
+    elif kind == "hub":
+        corpus, where = download_pt_corpus(family)
     with staging_dir(out_dir, copy_existing=existing) as stage:
         if not existing:
             tok = _load_tokenizer(tokenizer)
@@ -540,17 +642,13 @@ def prepare_pt(
                     "source": {"kind": "pt-only"},
                     "counts": {},
                     "pt": None,
-                    "tokenizer": {
-                        "name": str(tokenizer),
-                        "vocab_size": len(tok),
-                        "eos_token_id": tok.eos_token_id,
-                        "bos_token_id": tok.bos_token_id,
-                        "pad_token_id": tok.pad_token_id,
-                    },
+                    "tokenizer": _tokenizer_record(tok, str(tokenizer)),
                 },
             )
-        src = source if source == "hub" or source.startswith("hub:") else Path(source)
-        write_pt(stage, src, seq_len=seq_len, max_chunks=max_chunks, family=family)
+        if corpus is not None:
+            write_pt_indexed(stage, corpus, seq_len, max_chunks, where)
+        else:
+            write_pt(stage, source if kind == "hub-text" else Path(source), seq_len, max_chunks)
     return load_prepared(out_dir, family)
 
 
@@ -601,9 +699,21 @@ class PreparedData:
             ]
         return self._splits[name]
 
-    def pt_chunks(self) -> np.ndarray | None:
+    def pt_chunks(self):
+        """The PT chunks as a memory-mapped [n_chunks, seq_len] array-like, never read whole (None without PT data):
+        pt.npy (int32) for a text source, the recorded indexed corpus in its own dtype (np.memmap, or
+        indexed.ConcatRows over several shards) read in place."""
+        pt = self.manifest.get("pt")
+        if pt and pt.get("format") == "indexed":
+            try:
+                return indexed.open_recorded(pt["corpus"], max_rows=pt["n_chunks"], width=pt["seq_len"])
+            except indexed.IndexedFileError as exc:
+                raise DataError(
+                    f"{self.path}: its PT corpus: {exc}; prepare it again: python -m benchmark data pt --family "
+                    f"{self.family} --source SOURCE --out {self.path}"
+                ) from None
         path = self.path / "pt.npy"
-        return np.load(path) if path.is_file() else None
+        return np.load(path, mmap_mode="r") if path.is_file() else None
 
     @functools.cached_property
     def tokenizer(self):
@@ -623,6 +733,7 @@ class PreparedData:
             f"{self.path}: {self.family}, {counts or 'no splits'}"
             + (f" (dropped/truncated: {dropped})" if dropped else "")
             + (f", pt {pt['n_chunks']} x {pt['seq_len']}" if pt else "")
+            + (f" read in place from {pt['corpus']['dir']}" if pt and pt.get("format") == "indexed" else "")
             + f", vocab {m['tokenizer']['vocab_size']}"
         )
 

@@ -301,6 +301,40 @@ def _ppo_micro_loss(
     return loss, stats
 
 
+@functools.lru_cache(maxsize=2)  # a step spans two epochs at most (unless the corpus is shorter than a batch)
+def _pt_epoch_order(n_rows: int, epoch: int) -> torch.Tensor:
+    # The reference's PT loader: DistributedSampler(shuffle=True, drop_last=True) built without `seed=`, so epoch e
+    # is randperm(n) under a generator seeded 0 + e (LMOps minillm/minillm/pipelines.py:214, set_epoch at
+    # trainer.py:252). `--seed-lm` never reaches it, so the order is the same for every training seed, as there.
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(epoch)).to(torch.int32)
+
+
+def pt_step_rows(n_rows: int, step: int, batch_size: int) -> torch.Tensor:
+    """The global PT row indices of optimizer step `step` (int64 [batch_size]): positions step*B .. step*B+B-1 of
+    the epoch permutations laid end to end, epoch e being randperm(n_rows) seeded 0 + e (the reference's sampler).
+
+    The reference's global batch at a step is the same block of its permutation, split over ranks; every rank here
+    computes all of it, so the rows do not depend on the world size. Unlike the reference, whose loader drops each
+    epoch's last incomplete micro-batches (a count that depends on the world size), a batch may straddle two
+    epochs; at paper scale no run finishes an epoch (17M+ windows, under 400k drawn)."""
+    draws = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, positions = draws // n_rows, draws % n_rows
+    rows = torch.empty_like(draws)
+    for e in epochs.unique().tolist():
+        sel = epochs == e
+        rows[sel] = _pt_epoch_order(n_rows, e)[positions[sel]].long()
+    return rows
+
+
+def pt_batch(pt_chunks, step: int, batch_size: int, seq_len: int) -> torch.Tensor:
+    """Step `step`'s PT rows (`pt_step_rows`) of `pt_chunks` (a tensor, or `PreparedData.pt_chunks()`'s memory-
+    mapped array-like), cut to `seq_len` tokens, int64 [batch_size, <= seq_len]: only these rows are read."""
+    rows = pt_step_rows(len(pt_chunks), step, batch_size)
+    if isinstance(pt_chunks, torch.Tensor):
+        return pt_chunks[rows, :seq_len].long()
+    return torch.from_numpy(np.asarray(pt_chunks[rows.numpy()])[:, :seq_len].astype(np.int64))
+
+
 def minillm_step(
     engine,
     teacher,
@@ -326,9 +360,8 @@ def minillm_step(
     n_tokens = mb.response_mask.sum().item()
     pt_rows, n_pt = None, 1.0
     if pt_chunks is not None:  # the PT batch of this step: as many 512-token chunks as rollouts (ref §1.3)
-        g = step * cfg.batch_size
-        pt_rows = pt_chunks[torch.arange(g, g + cfg.batch_size) % len(pt_chunks)].to(dist.device)
-        n_pt = cfg.batch_size * (pt_chunks.shape[1] - 1)
+        pt_rows = pt_batch(pt_chunks, step, cfg.batch_size, cfg.pt_seq_length).to(dist.device)
+        n_pt = cfg.batch_size * (pt_rows.shape[1] - 1)
     first = dist.rank * micro * gas
     stats: dict[str, float] = {}
     for k in range(gas):
@@ -384,7 +417,7 @@ def run_phase(
     eos_token_id: int,
     out: Path,
     first_step: int = 0,
-    pt_chunks: torch.Tensor | None = None,
+    pt_chunks=None,  # a tensor or PreparedData.pt_chunks()'s memory-mapped rows (`pt_batch`)
     on_rollouts: Callable[[Buffer], None] | None = None,
     on_step: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -510,17 +543,18 @@ def _check_pair(
                 )
 
 
-def _pt_chunks(data: PreparedData, cfg: MiniLLMConfig) -> torch.Tensor | None:
-    """The pre-training chunks of the PT loss, cut to pt_seq_length (None when pt_coef is 0)."""
+def _pt_chunks(data: PreparedData, cfg: MiniLLMConfig):
+    """The pre-training chunks of the PT loss, memory-mapped (None when pt_coef is 0); `pt_batch` reads a step's
+    rows and cuts them to pt_seq_length."""
     if cfg.pt_coef == 0:
         return None
     chunks = data.pt_chunks()
     if chunks is None:
         raise TrainError(
-            f"{data.path} has no pre-training chunks (pt.npy) but pt_coef={cfg.pt_coef}: prepare them "
-            "with `python -m benchmark data pt ...` or set pt_coef=0 (the 'no PT loss' ablation)"
+            f"{data.path} has no pre-training chunks (no pt.npy, no indexed corpus) but pt_coef={cfg.pt_coef}: "
+            "prepare them with `python -m benchmark data pt ...` or set pt_coef=0 (the 'no PT loss' ablation)"
         )
-    return torch.from_numpy(chunks[:, : cfg.pt_seq_length].astype(np.int64))
+    return chunks
 
 
 def minillm_engine(student, cfg: MiniLLMConfig, world_size: int):

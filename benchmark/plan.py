@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmark import registry, scales
 from benchmark.config import ConfigError, config_hash, resolve, to_dict
+from benchmark.data import HUB_PT
 
 PLAN_VERSION = 1
 
@@ -127,6 +128,9 @@ def build_plan(
         }
         if sc.synthetic_answers != "short":  # absent for the bare answers, so their data stages keep their ids
             data_cfg["answers"] = sc.synthetic_answers
+        if sc.data == "dolly":  # the PT corpus `data pt --source hub` reads: MiniLLM's processed one (data.HUB_PT)
+            repo, folder = HUB_PT[fam]
+            data_cfg["pt_corpus"] = f"hub:{repo}" + (f"/{folder}" if folder else "")
         data_ids[fam] = add(Stage("data", f"data-{fam}-{sc.name}", fam, data_cfg))
 
     def model_stage(family: str, size: str, role: str) -> str:
@@ -168,6 +172,8 @@ def build_plan(
         }
         hop = resolve("minillm", sc.name, overrides.get("minillm"), model=sc.model(family, student))
         cfg = {"path": list(path), "minillm": to_dict(hop)}
+        if hop.pt_coef > 0:  # PT rows drawn in the reference's shuffled order (minillm.pt_step_rows), not in order
+            cfg["pt_order"] = "shuffled"
         return add(Stage("distill", f"distill-{family}-{_slug(path)}", family, cfg, inputs=inputs, entry=key))
 
     entry_stage = {}
@@ -354,7 +360,9 @@ def describe(plan: Plan, run_dir: Path) -> str:
     for s in plan.stages.values():
         status = stage_status(s, run_dir)
         counts[status] = counts.get(status, 0) + 1
-        src = f"<- {s.source}" if s.source else ", ".join(f"{k}={names[v]}" for k, v in s.inputs.items() if k != "data")
+        pt = f"<- dolly + PT {s.config['pt_corpus']}" if "pt_corpus" in s.config else ""  # paper data stages
+        deps = ", ".join(f"{k}={names[v]}" for k, v in s.inputs.items() if k != "data")
+        src = f"<- {s.source}" if s.source else pt or deps
         lines.append(f"{status:<8} {s.kind:<9} {s.dirname:<48} {stage_cost(s, plan.scale):<18} {src}")
         cost = stage_cost_value(s, plan.scale)
         if status in ("run", "resume") and cost is not None:

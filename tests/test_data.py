@@ -1,4 +1,5 @@
-"""benchmark.data: MiniLLM's Dolly preparation (ref §4.1), the PT chunks (ref §4.2), the reader API and its errors.
+"""benchmark.data: MiniLLM's Dolly preparation (ref §4.1), the PT chunks (ref §4.2: text tokenized here, or the
+processed indexed corpora read in place, the hub download stubbed), the reader API and its errors.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/pytest tests/test_data.py -q     # ~10 s, no network
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import run_data_cli as _cli
 
-from benchmark import BenchmarkError, data
+from benchmark import BenchmarkError, data, indexed
 from benchmark.synthetic import generate_records, train_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -280,6 +281,7 @@ def test_prepare_pt_into_prepared_dir_and_new_dir(dolly_dir, tokenizers, tmp_pat
     updated = data.prepare_pt(str(text), "gpt2", prepared.path, seq_len=16, max_chunks=7)
     chunks = updated.pt_chunks()
     assert chunks.shape == (7, 16) and chunks.dtype == np.int32
+    assert isinstance(chunks, np.memmap) and Path(chunks.filename) == (updated.path / "pt.npy").resolve()
     tok = updated.tokenizer
     first = tok.encode("First line\nsecond line of doc one.", add_special_tokens=False) + [tok.eos_token_id]
     assert chunks.reshape(-1)[: len(first)].tolist() == first
@@ -292,6 +294,137 @@ def test_prepare_pt_into_prepared_dir_and_new_dir(dolly_dir, tokenizers, tmp_pat
     assert fresh.pt_chunks().shape[1] == 16 and fresh.family == "opt"
     with pytest.raises(data.DataError, match="differs from the tokenizer"):
         data.prepare_pt(str(text), "gpt2", prepared.path, tokenizer=str(tokenizers["opt"]), seq_len=16)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MiniLLM's processed PT corpora: indexed files read where they lie (benchmark.indexed)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _corpus(d: Path, shards=(10,), width: int = 16, vocab: int = 600) -> list[np.ndarray]:
+    """Indexed train shards of `width`-token windows in `d` (ids below the test tokenizers' vocabulary)."""
+    rng = np.random.default_rng(len(shards))
+    parts = [rng.integers(0, vocab, (n, width)) for n in shards]
+    for k, part in enumerate(parts):
+        indexed.write_indexed(d / f"train_{k}", part, np.uint16)
+    indexed.write_indexed(d / "valid_0", parts[0][:2], np.uint16)  # present on the hub, not read
+    return parts
+
+
+def test_indexed_corpus_is_recorded_and_read_in_place(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    corpus = tmp_path / "openwebtext" / "gpt2" / "512" / "10M"
+    (first,) = _corpus(corpus)
+    updated = data.prepare_pt(str(corpus), "gpt2", prepared.path, seq_len=8, max_chunks=6)
+
+    chunks = updated.pt_chunks()
+    assert isinstance(chunks, np.memmap) and Path(chunks.filename) == (corpus / "train_0.bin").resolve()
+    assert chunks.shape == (6, 8) and chunks.dtype == np.uint16  # capped, cut to seq_len, the file's dtype
+    assert np.array_equal(chunks, first[:6, :8])
+    assert sorted(p.name for p in updated.path.iterdir()) == [  # the corpus is not copied into the data dir
+        "manifest.json",
+        "test.jsonl",
+        "tokenizer",
+        "train.jsonl",
+        "valid.jsonl",
+    ]
+    pt = updated.manifest["pt"]
+    assert pt["format"] == "indexed" and pt["dtype"] == "uint16" and pt["seq_len"] == 8
+    assert pt["n_chunks"] == 6 and pt["max_chunks"] == 6 and pt["source"]["location"] == str(corpus)
+    assert pt["corpus"]["dir"] == str(corpus) and pt["corpus"]["split"] == "train"
+    assert pt["corpus"]["shards"] == [
+        {
+            "name": "train_0",
+            "bin_bytes": 10 * 16 * 2,
+            "idx_bytes": 34 + 12 * 10 + 8,
+            "idx_sha256": data.sha256_file(corpus / "train_0.idx"),
+        }
+    ]
+    assert "pt 6 x 8 read in place from" in updated.summary()
+
+    indexed.write_indexed(corpus / "train_0", first[:9], np.uint16)  # the corpus changes after preparation
+    with pytest.raises(data.DataError, match=r"train_0\.bin: 288 bytes, 320 bytes when recorded.*prepare it again"):
+        data.load_prepared(updated.path, "gpt2").pt_chunks()
+
+
+def test_indexed_shards_concatenate_and_replace_a_text_corpus(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    text = tmp_path / "corpus.txt"
+    text.write_text("Doc one is here.\n" * 40, encoding="utf-8")
+    assert (data.prepare_pt(str(text), "gpt2", prepared.path, seq_len=8).path / "pt.npy").is_file()
+    corpus = tmp_path / "corpus"
+    parts = _corpus(corpus, shards=(4, 3))
+    updated = data.prepare_pt(str(corpus), "gpt2", prepared.path, seq_len=16)
+    assert not (updated.path / "pt.npy").exists()  # the text chunks it replaces are gone
+    chunks = updated.pt_chunks()
+    assert isinstance(chunks, indexed.ConcatRows) and all(isinstance(p, np.memmap) for p in chunks.parts)
+    assert chunks.shape == (7, 16) and np.array_equal(chunks[np.arange(7)], np.concatenate(parts))
+    assert [s["name"] for s in updated.manifest["pt"]["corpus"]["shards"]] == ["train_0", "train_1"]
+
+
+def test_indexed_corpus_of_another_vocabulary_is_refused(dolly_dir, tokenizers, tmp_path):
+    prepared = _prepare(dolly_dir, tokenizers, tmp_path)
+    before = _snapshot(prepared.path)
+    corpus = tmp_path / "corpus"
+    indexed.write_indexed(corpus / "train_0", np.full((3, 8), 50_256), np.uint16)  # GPT-2's EOS: vocab 600 here
+    with pytest.raises(data.DataError, match="token id 50256 in its first windows, beyond the 600 ids"):
+        data.prepare_pt(str(corpus), "gpt2", prepared.path, seq_len=8)
+    assert _snapshot(prepared.path) == before
+
+
+@pytest.mark.parametrize(
+    "family, repo, folder",
+    [("gpt2", "MiniLLM/openwebtext-processed", ""), ("opt", "MiniLLM/roberta-corpus-processed", "opt/512/20M")],
+)
+def test_hub_source_downloads_the_processed_corpus(tokenizers, tmp_path, monkeypatch, family, repo, folder):
+    import huggingface_hub
+
+    snapshot = tmp_path / "hub" / "snapshots" / ("ab" * 20)
+    (first,) = _corpus(snapshot / folder)
+    calls = []
+
+    def fake_download(**kwargs):
+        calls.append(kwargs)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    out = data.prepare_pt("hub", family, tmp_path / "pt-only", tokenizer=str(tokenizers[family]), seq_len=16)
+    pattern = f"{folder}/train_*" if folder else "train_*"  # the train split only, never valid_*
+    assert calls == [{"repo_id": repo, "repo_type": "dataset", "allow_patterns": [pattern]}]
+    source = out.manifest["pt"]["source"]
+    assert source == {"kind": "pt", "location": f"hub:{repo}", "folder": folder, "revision": "ab" * 20}
+    assert out.manifest["pt"]["corpus"]["dir"] == str(snapshot / folder)
+    assert np.array_equal(out.pt_chunks(), first)
+
+
+def test_opt_corpus_missing_where_the_scripts_read_it_lists_where_it_looked(tokenizers, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    snapshot = tmp_path / "snapshot"
+    _corpus(snapshot / "opt" / "512" / "10M")  # not the folder MiniLLM's OPT scripts read
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kwargs: str(snapshot))
+    with pytest.raises(data.DataError) as err:
+        data.prepare_pt("hub", "opt", tmp_path / "out", tokenizer=str(tokenizers["opt"]))
+    msg = str(err.value)
+    assert f"looked for train_0.bin and train_0.idx in {snapshot}/, {snapshot}/opt/512/20M/." in msg
+    assert "the hub dataset MiniLLM/roberta-corpus-processed" in msg and "processed_data/roberta/opt/512/20M/" in msg
+    assert not (tmp_path / "out").exists()
+
+    # a local copy of the whole hub repo: DIR/opt/512/20M is found from DIR
+    (first,) = _corpus(tmp_path / "repo" / "opt" / "512" / "20M")
+    out = data.prepare_pt(str(tmp_path / "repo"), "opt", tmp_path / "out", tokenizer=str(tokenizers["opt"]), seq_len=16)
+    assert np.array_equal(out.pt_chunks(), first)
+
+
+def test_hub_download_failure_is_one_sentence(tokenizers, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(**kwargs):
+        raise OSError("offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(data.DataError, match=r"could not fetch train_\* from the hub dataset MiniLLM/openwebtext"):
+        data.prepare_pt("hub", "gpt2", tmp_path / "out", tokenizer=str(tokenizers["gpt2"]))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -339,6 +472,11 @@ def test_cli_dolly_and_pt(dolly_dir, tokenizers, tmp_path, capsys):
     assert data.load_prepared(out, "gpt2").pt_chunks().shape[1] == 32
     assert _cli(["data", "pt", "--family", "opt", "--source", str(tmp_path / "c.txt"), "--out", str(out)]) == 2
     assert "prepared for gpt2" in capsys.readouterr().err
+    _corpus(tmp_path / "corpus")
+    argv = ["data", "pt", "--family", "gpt2", "--source", str(tmp_path / "corpus"), "--out", str(out)]
+    assert _cli(argv + ["--seq-len", "12", "--max-chunks", "5"]) == 0
+    assert "pt 5 x 12 read in place from" in capsys.readouterr().out
+    assert isinstance(data.load_prepared(out, "gpt2").pt_chunks(), np.memmap)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -380,12 +518,19 @@ def test_missing_pt_source_is_one_sentence(dolly_dir, tokenizers, tmp_path, caps
     assert _cli(["data", "pt", "--family", "gpt2", "--source", str(missing), "--out", str(prepared.path)]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"error: PT source {missing} does not exist: pass --source FILE (a text file, one document per line, "
-        "newlines written as <@x(x!>) or --source hub / hub:DATASET\n"
+        f"error: PT source {missing} does not exist: pass --source hub (MiniLLM's processed corpus), DIR (a folder "
+        "with train_0.bin + train_0.idx), hub:DATASET (a hub dataset with a 'text' column) or FILE (text, one "
+        "document per line, newlines written as <@x(x!>)\n"
     )
     assert _snapshot(prepared.path) == before
-    with pytest.raises(data.DataError, match="is a directory, not a file"):  # a directory given as the source
-        data.prepare_pt(str(tmp_path), "gpt2", tmp_path / "new", tokenizer=str(tokenizers["gpt2"]))
+    empty = tmp_path / "empty"  # a directory is an indexed corpus: one without its files says where it looked
+    empty.mkdir()
+    with pytest.raises(data.DataError, match=rf"no indexed PT corpus in {empty}: looked for train_0\.bin and"):
+        data.prepare_pt(str(empty), "gpt2", tmp_path / "new", tokenizer=str(tokenizers["gpt2"]))
     assert not (tmp_path / "new").exists()
+    with pytest.raises(data.DataError, match="is a directory, not a text file"):  # write_pt reads text only
+        data.write_pt(prepared.path, empty)
     with pytest.raises(data.DataError, match="does not exist"):  # write_pt, as the synthetic data calls it
         data.write_pt(prepared.path, missing)
+    with pytest.raises(data.DataError, match="names no dataset: pass hub:DATASET"):
+        data.prepare_pt("hub:", "gpt2", prepared.path)

@@ -686,7 +686,8 @@ def test_minillm_step_feeds_the_configs_settings_to_the_losses(tiny_gpt2, tiny_o
                     for b in range(N)])  # fmt: skip
     valid = adv[mk == 1]
     adv = torch.from_numpy((adv - valid.mean()) / np.sqrt(valid.var() + 1e-8))
-    n_tok, pt_rows = m.sum().item(), pt_chunks[torch.arange(4, 8)]  # step 1: PT rows 4..7
+    epoch0 = torch.randperm(8, generator=torch.Generator().manual_seed(0))  # the reference sampler's epoch 0
+    n_tok, pt_rows = m.sum().item(), pt_chunks[epoch0[4:8]]  # step 1: draws 4..7 of that order
     for k, rows in enumerate(([0, 1], [2, 3])):
         mb = buf.take(torch.tensor(rows)).trimmed()
         mm, width = mb.response_mask.double(), mb.response_ids.shape[1]
@@ -710,6 +711,59 @@ def test_minillm_step_feeds_the_configs_settings_to_the_losses(tiny_gpt2, tiny_o
         # the data tell the settings apart (measured 2e-3 and 5e-3, against a tolerance of 3e-5 on the loss)
         assert abs(pg[0.1] - pg[0.2]) > 1e-3 and abs(ce - soft) > 1e-3
     assert len(engine.losses) == 2
+
+
+def test_pt_rows_walk_the_references_seeded_epoch_permutations():
+    """pt_step_rows: step s takes draws s*B .. s*B+B-1 of the epoch orders laid end to end, epoch e being
+    randperm(n) seeded 0 + e (DistributedSampler's default seed with set_epoch): every row once per epoch."""
+    from benchmark.minillm import pt_step_rows
+
+    n, B = 10, 4
+    draws = torch.cat([pt_step_rows(n, s, B) for s in range(10)])  # 40 draws: 4 epochs, steps 2 and 7 straddle two
+    assert draws.dtype == torch.int64
+    for e in range(4):
+        epoch = draws[e * n : (e + 1) * n]
+        assert torch.equal(epoch, torch.randperm(n, generator=torch.Generator().manual_seed(e)))
+        assert sorted(epoch.tolist()) == list(range(n))
+    assert not torch.equal(draws[:n], draws[n : 2 * n])  # a fresh order each epoch
+    big = torch.randperm(100_000, generator=torch.Generator().manual_seed(3))  # a step deep into epoch 3
+    assert torch.equal(pt_step_rows(100_000, 4700, 64), big[800:864])  # draws 300800.. = epoch 3 from 800
+
+
+def test_pt_rows_of_a_step_do_not_depend_on_the_world_size(tiny_gpt2, monkeypatch, tmp_path):
+    """minillm_step on memory-mapped PT windows: in a world of 2 the ranks' micro-batches hold exactly the rows one
+    process takes, read from the file, converted to int64 and cut to pt_seq_length (ranks run one after the other
+    here, the all-reduce stubbed)."""
+    import numpy as np
+
+    from benchmark import indexed, minillm
+    from benchmark.engine import Dist
+    from benchmark.minillm import Buffer, minillm_step
+
+    windows = np.arange(13 * 6).reshape(13, 6) + 50_000  # uint16 ids past int16, to see the conversion
+    indexed.write_indexed(tmp_path / "train_0", windows, np.uint16)
+    chunks = indexed.open_split(tmp_path)
+    N, T = 8, 3
+    zeros, ones = torch.zeros(N, T), torch.ones(N, T)
+    ids = torch.ones(N, T, dtype=torch.long)
+    buf = Buffer(ids, ids, ids, ones, zeros, ones, zeros, torch.arange(N))
+    seen = []
+    monkeypatch.setattr(minillm, "_ppo_micro_loss", lambda *a, **k: (seen.append(a[6]), (torch.zeros(()), {}))[1])
+    monkeypatch.setattr(minillm, "all_reduce_sum", lambda x, dist: x)
+    cfg = MiniLLMConfig(rollouts_per_phase=8, batch_size=8, pt_seq_length=4, pt_coef=1.0)
+
+    def rows_seen(world: int, micro: int, gas: int) -> torch.Tensor:
+        seen.clear()
+        for rank in range(world):
+            engine = _RecordingEngine(tiny_gpt2, micro=micro, gas=gas)
+            minillm_step(engine, None, buf, cfg, 3, chunks, Dist(rank, world, torch.device("cpu")), tmp_path)
+        return torch.cat(seen)
+
+    one, two = rows_seen(1, 4, 2), rows_seen(2, 2, 2)
+    perm = lambda e: torch.randperm(13, generator=torch.Generator().manual_seed(e))  # noqa: E731
+    rows = torch.cat([perm(1)[11:], perm(2)[:6]])  # step 3 = draws 24..31: the end of epoch 1, then epoch 2
+    assert torch.equal(one, torch.from_numpy(windows[rows.numpy(), :4])) and one.dtype == torch.int64
+    assert torch.equal(two, one)
 
 
 def test_run_phase_is_one_phase_reported_through_its_callbacks(tiny_gpt2, tiny_opt, tmp_path):
