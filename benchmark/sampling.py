@@ -21,6 +21,10 @@ that rollouts, validation and evaluation share: pad, drop the all-padding column
     >>> out.response_ids.shape, out.response_mask.shape      # always [B, 64], pad = EOS after the first EOS
     (torch.Size([2, 64]), torch.Size([2, 64]))
 
+The step's maths (the mixture, the draw, the stored log-probs) is `decode_step`'s, shared with the static-cache path
+`static_decode.StaticDecoder` (static KV caches, one CUDA graph per step on a GPU), which `sample(..., cache="static")`
+and `sample_prompts(..., cache="static")` select; the dynamic-cache loop below stays the default.
+
 Cache API (transformers 5.24): `DynamicCache(config=model.config)` passed as `cache=` with `use_cache=True`; the
 output's `.cache` is the updated cache (`past_key_values` is the deprecated name).
 """
@@ -28,22 +32,26 @@ output's `.cache` is the updated cache (`past_key_values` is the deprecated name
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    NoRepeatNGramLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from benchmark.config import GenerationSettings
+from benchmark.decode_step import (
+    SampleOutput,
+    chosen_logprobs,
+    inverse_cdf,
+    logits_processors,
+    mixed_probs,
+    position_ids,
+    row_uniforms,
+)
+from benchmark.static_decode import StaticDecoder
+
+CACHES = ("dynamic", "static")  # sample(cache=...): HF DynamicCache loop, or static_decode.StaticDecoder
 
 __all__ = [
+    "CACHES",
     "SampleOutput",
     "example_generators",
     "forward_logits",
@@ -56,15 +64,6 @@ __all__ = [
     "sample_prompts",
     "trim_left_padding",
 ]
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.LongTensor:
-    """cumsum(mask) - 1, clamped at 0: the position of every real token counted from the row's first real token.
-
-    GPT-2's learned positions otherwise start counting at the left padding (ref §1.3 step 2, `reward.py` lines
-    31-34). OPT adds its own offset of 2 to whatever it is given, so the same ids serve both families.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def left_pad(
@@ -146,21 +145,6 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
     return logits[:, :-1]
 
 
-@dataclass
-class SampleOutput:
-    """What `sample` returns; every tensor has exactly `max_new_tokens` columns.
-
-    The mask follows ref §1.3 "Mask convention": 1 up to AND INCLUDING the first EOS, 0 after it, so the EOS the
-    model chose is inside the loss and the EOS filling is not.
-    """
-
-    response_ids: torch.LongTensor  # [B, T]; after the first EOS filled with EOS (pad = EOS)
-    response_mask: torch.Tensor  # [B, T] float 0/1
-    lengths: torch.LongTensor  # [B] valid response tokens (EOS included when produced)
-    student_logprobs: torch.Tensor | None = None  # [B, T] log_softmax(student / temperature)[y_t]; 0 where mask 0
-    teacher_logprobs: torch.Tensor | None = None  # [B, T] log_softmax(raw teacher)[y_t]; 0 where mask 0
-
-
 def example_generators(seed: int, example_ids: list[int]) -> list[torch.Generator]:
     """One CPU generator per example, seeded from (seed, example id): batching never changes an example's draws.
 
@@ -175,23 +159,6 @@ def example_generators(seed: int, example_ids: list[int]) -> list[torch.Generato
         x ^= x >> 29
         gens.append(torch.Generator(device="cpu").manual_seed(x & ((1 << 63) - 1)))
     return gens
-
-
-def _processors(settings: GenerationSettings) -> LogitsProcessorList:
-    """The processors and warpers of the reference fork, in HF generate's order: processors (n-gram ban) first,
-    then warpers temperature -> top-k -> top-p (ref §1.3 step 1; test time adds no_repeat_ngram_size=6, ref §5.1)."""
-    procs = LogitsProcessorList()
-    if settings.no_repeat_ngram_size > 0:
-        # Applied over the FULL sequence, left-padded prompt included, exactly as HF generate does.
-        procs.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
-    if settings.do_sample:
-        if settings.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(settings.temperature))
-        if settings.top_k > 0:
-            procs.append(TopKLogitsWarper(settings.top_k))
-        if settings.top_p < 1.0:
-            procs.append(TopPLogitsWarper(settings.top_p))
-    return procs
 
 
 class _Incremental:
@@ -226,16 +193,6 @@ class _Incremental:
         self.mask, self.logits = self.mask[rows], self.logits[rows]
 
 
-def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.LongTensor:
-    """Per row, the first token whose cumulative probability exceeds u * total (never a zero-probability token)."""
-    cdf = probs.double().cumsum(-1)
-    x = (uniforms.to(cdf.device, torch.float64) * cdf[:, -1]).unsqueeze(-1)
-    idx = torch.searchsorted(cdf, x, right=True).squeeze(-1)
-    # u * total can round up to total: fall back to the row's last token with non-zero probability.
-    last_nonzero = (probs > 0).long().cumsum(-1).argmax(-1)
-    return torch.minimum(idx, last_nonzero)
-
-
 @torch.no_grad()
 def sample(
     model,
@@ -249,6 +206,7 @@ def sample(
     mix_alpha: float = 0.0,
     return_logprobs: bool = False,
     compact: bool = True,
+    cache: str = "dynamic",
 ) -> SampleOutput:
     """Decode up to `settings.max_new_tokens` tokens from left-padded prompts (pad = EOS).
 
@@ -258,18 +216,32 @@ def sample(
     `mix_model`, the teacher's log p(y_t) over the full vocabulary, no temperature, no processors (ref §1.3 step 2),
     both read from the step logits (no extra forward).
     `compact=False` keeps finished rows in the decoding batch to the end (the benchmark's "before"; same outputs).
+    `cache="static"` decodes with `static_decode.StaticDecoder` instead (static KV caches, one CUDA graph per step
+    on a GPU; finished rows in bucketed batch sizes, or masked with `compact=False`): the same tokens for the same
+    generators. The default "dynamic" is the loop below.
     """
     B, T = prompt_ids.shape[0], settings.max_new_tokens
     if generators is not None and len(generators) != B:
         raise ValueError(f"{len(generators)} generators for {B} rows")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r}; use one of {CACHES}")
+    if cache == "static":
+        decoder = StaticDecoder(
+            model,
+            settings,
+            rows=B,
+            prompt_length=prompt_ids.shape[1],
+            eos_token_id=eos_token_id,
+            mix_model=mix_model,
+            mix_alpha=mix_alpha,
+            return_logprobs=return_logprobs,
+            finished="bucket" if compact else "mask",
+        )
+        return decoder.decode(prompt_ids, prompt_mask, generators)
     device = prompt_ids.device
-    procs = _processors(settings)
+    procs = logits_processors(settings)
     if settings.do_sample:
-        if generators is None:
-            uniforms = torch.rand((B, T), dtype=torch.float64, device=device)
-        else:
-            # All of a row's uniforms up front: the generator advances by exactly T per call, early stop or not.
-            uniforms = torch.stack([torch.rand(T, generator=g, dtype=torch.float64) for g in generators]).to(device)
+        uniforms = row_uniforms(generators, B, T, device)
 
     student = _Incremental(model, prompt_ids, prompt_mask)
     teacher = _Incremental(mix_model, prompt_ids, prompt_mask) if mix_model is not None else None
@@ -287,11 +259,9 @@ def sample(
 
     for t in range(T):
         s_logits = student.logits
-        probs = F.softmax(procs(seq, s_logits.clone()), dim=-1)
-        if teacher is not None and mix_alpha > 0:
-            probs = (1 - mix_alpha) * probs + mix_alpha * F.softmax(procs(seq, teacher.logits.clone()), dim=-1)
+        probs = mixed_probs(procs, seq, s_logits, teacher.logits if teacher is not None else None, mix_alpha)
         if settings.do_sample:
-            tok = _inverse_cdf(probs, uniforms[rows, t])
+            tok = inverse_cdf(probs, uniforms[rows, t])
         else:
             tok = probs.argmax(-1)
         tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
@@ -299,11 +269,9 @@ def sample(
         tokens_out[rows, t] = tok
         mask_out[rows, t] = live.float()
         if return_logprobs:
-            lq = F.log_softmax(s_logits / settings.temperature, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
-            s_lp[rows, t] = torch.where(live, lq, 0.0)
+            s_lp[rows, t] = torch.where(live, chosen_logprobs(s_logits, tok, settings.temperature), 0.0)
             if t_lp is not None:
-                lp = F.log_softmax(teacher.logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
-                t_lp[rows, t] = torch.where(live, lp, 0.0)
+                t_lp[rows, t] = torch.where(live, chosen_logprobs(teacher.logits, tok), 0.0)
         done = done | (tok == eos_token_id)
         n_done = int(done.sum())
         if n_done == len(rows) or t == T - 1:
@@ -342,19 +310,39 @@ def sample_prompts(
     mix_model=None,
     mix_alpha: float = 0.0,
     return_logprobs: bool = False,
+    cache: str = "dynamic",
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, SampleOutput]]:
     """The one generation loop (rollouts, validation, the KL measures, test-time evaluation): `prompts` in batches
     of `batch_size`, each left-padded with EOS to `max_prompt_length` (longer prompts keep their first tokens, ref
     §5.1) on `device`, decoded by `sample` without the columns that are padding in every row, prompt i drawing from
     the generator of (seed, example_ids[i]). An example's tokens therefore depend on the seed, its id and the
     model only, never on the batch. Yields (the batch's example ids, its prompt ids, prompt mask, SampleOutput)
-    with the prompts padded to max_prompt_length, as rollouts store them."""
+    with the prompts padded to max_prompt_length, as rollouts store them.
+    `cache="static"`: one `static_decode.StaticDecoder` of batch_size rows and max_prompt_length prompt columns
+    decodes every batch (static shapes: no trimming; its CUDA graphs are captured once per call)."""
     if len(prompts) != len(example_ids):
         raise ValueError(f"{len(example_ids)} example ids for {len(prompts)} prompts")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r}; use one of {CACHES}")
+    decoder = None
+    if cache == "static":
+        decoder = StaticDecoder(
+            model,
+            settings,
+            rows=batch_size,
+            prompt_length=max_prompt_length,
+            eos_token_id=eos_token_id,
+            mix_model=mix_model,
+            mix_alpha=mix_alpha,
+            return_logprobs=return_logprobs,
+        )
     for start in range(0, len(prompts), batch_size):
         ids = list(example_ids[start : start + batch_size])
         p_ids, p_mask = left_pad(prompts[start : start + batch_size], eos_token_id, max_prompt_length)
         p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+        if decoder is not None:
+            yield ids, p_ids, p_mask, decoder.decode(p_ids, p_mask, example_generators(seed, ids))
+            continue
         out = sample(
             model,
             *trim_left_padding(p_ids, p_mask),

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark import minillm
 from benchmark.config import resolve
-from benchmark.perf import cpu, gpu
+from benchmark.perf import cpu, decode, gpu
+from benchmark.sampling import SampleOutput
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = gpu.PAIRS[0]["name"]
@@ -39,6 +41,65 @@ def test_stage_config_is_the_papers():
         assert getattr(cfg, field) == getattr(paper, field), field
     dry = gpu.stage_config(gpu.DRY_RUN_MICRO, dry=True)
     assert (dry.lr, dry.kd_ratio, dry.steps_per_phase) == (paper.lr, paper.kd_ratio, paper.steps_per_phase)
+
+
+def test_phase_split_is_the_stages_arithmetic():
+    """Paper stage, 256 rollouts a phase decoded 64 at a time: 4 batches, each decoded twice (the teacher-mixed
+    rollouts and the logged pure-student sample, log_student_sample) at 3 s = 24 s of rollouts, rescored at 0.5 s =
+    2 s of scoring; 4 first-epoch steps at 2 s and 12 later ones at 1 s = 20 s of optimisation: 46 s a phase,
+    312.5 phases = 3.99 h. Without a measured step the phase has rollouts and scoring only."""
+    cfg = resolve("minillm", "paper")
+    assert cfg.log_student_sample and cfg.rollout_logprobs == "forward"
+    p = decode.phase(cfg, 64, 3.0, 0.5, {"step_s": 2.0, "cached_step_s": 1.0})
+    assert (p["rollouts_s"], p["scoring_s"], p["optimisation_s"], p["phase_s"]) == (24.0, 2.0, 20.0, 46.0)
+    assert p["rollout_share"] == pytest.approx(24 / 46) and p["hours_1gpu"] == pytest.approx(312.5 * 46 / 3600)
+    bare = decode.phase(cfg, 64, 3.0, 0.5, None)
+    assert bare == {"rollouts_s": 24.0, "scoring_s": 2.0, "optimisation_s": None, "phase_s": None, "hours_1gpu": None}
+
+
+def test_bandwidth_floor(tiny_gpt2, tiny_opt):
+    """The floor reads every weight once and both models' keys and values of every row at the mean context: with
+    the issue's round numbers (3.4 GB of bf16 weights, 6 GB of KV cache a step, 64 rows, the H200's 4.8 TB/s) about
+    32,700 tok/s ("about 30,000" in the issue). The byte counts follow from the shapes."""
+    assert decode.floor_tok_per_s(3.4e9, 6e9, 64, decode.H200_HBM_BYTES_PER_S) == pytest.approx(32_681, rel=1e-4)
+    assert decode.hbm_bandwidth("NVIDIA H200")[0] == 4.8e12
+    assert decode.hbm_bandwidth("NVIDIA A100-SXM4-80GB")[0] is None
+    weights, kv = decode.step_bytes([tiny_gpt2, tiny_opt], rows=3, context=10)
+    assert weights == 4 * sum(p.numel() for m in (tiny_gpt2, tiny_opt) for p in m.parameters())  # fp32
+    assert kv == 2 * (2 * 2 * 32 * 3 * 10 * 4)  # two models x (keys, values) x 2 layers x 32 wide x 3 rows x 10 x fp32
+
+
+def test_agreement_counts_rows_and_first_differences():
+    def out(tokens, lq):
+        t = torch.tensor(tokens)
+        mask = torch.ones_like(t, dtype=torch.float32)
+        return SampleOutput(t, mask, mask.sum(-1).long(), torch.tensor(lq), None)
+
+    a = out([[1, 2, 3], [4, 5, 6], [7, 8, 9]], [[-1.0, -2.0, -3.0]] * 3)
+    b = out([[1, 2, 3], [4, 0, 6], [0, 8, 9]], [[-1.0, -2.5, -3.0]] + [[-1.0, -2.0, -3.0]] * 2)
+    got = decode.agreement(a, b)
+    assert got == {
+        "rows": 3,
+        "identical_rows": pytest.approx(1 / 3),
+        "mean_first_difference": 0.5,
+        "max_abs_diff_student_logprobs": 0.5,
+    }
+
+
+def test_table1_trained_hops_come_from_the_plan():
+    """Table 1's hops that a paper run trains (the one-step 1.5B hops are MiniLLM's released students): 340M -> 120M
+    (two entries), 760M -> 120M, 760M -> 340M, each with its stage config; overrides merge field by field."""
+    hops = decode.table1_trained_hops({"batch_size": 4, "generation": {"max_new_tokens": 8}})
+    assert [(h["name"], len(h["stages"])) for h in hops] == [
+        ("gpt2 340M>120M", 2),
+        ("gpt2 760M>120M", 1),
+        ("gpt2 760M>340M", 1),
+    ]
+    assert "distill-gpt2-1.5B_760M_340M_120M" in hops[0]["stages"]
+    cfg, paper = hops[0]["config"], resolve("minillm", "paper")
+    assert (cfg.batch_size, cfg.generation.max_new_tokens) == (4, 8)
+    assert (cfg.total_steps, cfg.generation.temperature, cfg.teacher_mixed_alpha) == (5000, 1.0, 0.2)
+    assert cfg.rollouts_per_phase == paper.rollouts_per_phase
 
 
 @pytest.mark.slow
@@ -119,5 +180,22 @@ def test_dry_run_command(tmp_path):
     for v in ("hf_dynamic", "hf_static_eager", "hf_static_compiled", "ours", "ours_teacher_alone"):
         assert static[v]["seconds"] > 0, v
     assert "static_cache" not in first["opt 6.7B>1.3B"] and "rollout_scoring" not in first["opt 6.7B>1.3B"]
+    # the decode section: every variant timed; on a CPU both paths are fp32 and decode the same tokens
+    d = r["decode"]
+    assert (d["pair"], d["rows"], d["max_new_tokens"]) == (FIRST, cfg.batch_size, new)
+    for v in (*d["variants"].values(), *d["stopping"]["variants"].values()):
+        assert v["seconds"] > 0 and v["tokens"] > 0, v
+    assert d["variants"]["static_mixed"]["tokens"] == cfg.batch_size * new  # EOS suppressed
+    assert d["stopping"]["lengths"]["mean"] < new  # EOS likely: rows stop
+    pairs_compared = {"graph_vs_eager", "static_vs_dynamic", "stopping_mask_vs_bucket", "stopping_static_vs_dynamic"}
+    assert set(d["agreement"]) == pairs_compared | {"fp32_static_vs_dynamic"}
+    assert all(a["identical_rows"] == 1.0 for a in d["agreement"].values()), d["agreement"]
+    assert d["bandwidth_floor"]["tok_per_s"] is None and "no HBM bandwidth" in d["bandwidth_floor"]["source"]
+    assert set(d["hops"]) == {"gpt2 340M>120M", "gpt2 760M>120M", "gpt2 760M>340M"}
+    assert d["goals"]["static_mixed_at_least_3x_baseline"] is False  # a CPU never gets there: not a claim
+    for name in (FIRST, "gpt2 340M>120M", "gpt2 760M>340M"):  # every pair measured: every phase has its steps
+        for loop in ("static_mixed", "dynamic_mixed"):
+            ph = r["phases"][name][loop]
+            assert ph["phase_s"] == pytest.approx(ph["rollouts_s"] + ph["scoring_s"] + ph["optimisation_s"])
     # the CPU report never lists a dry run as a GPU measurement
     assert cpu.gpu_section(tmp_path)["result_files"] == []

@@ -39,6 +39,19 @@ Measured per pair:
               whose first-epoch PPO ratio would leave [0.8, 1.2] from precision alone if decode-time log q were stored
   static      (first pair) the student decoding alone: HF generate with its DynamicCache, with a static cache
               (eager, and compiled as generate does on CUDA), and our decode loop: the headroom of static shapes
+
+Before the pairs, when the first pair is selected (`perf.decode`, issue #18; no new measurement after 240 s):
+  decode      GPT-2 1.5B > 120M at the rollout batch (64 rows x 256 + 256 tokens, bf16), steady state: teacher-mixed
+              with the dynamic loop and with the static-cache path (`static_decode`, a CUDA graph per step; also
+              eager), each model alone over static caches, HF generate with the compiled static cache; finished rows
+              (EOS made likely): compaction, masking, buckets; token agreement (bf16, and fp32 copies); tok/s as a
+              share of the HBM bandwidth floor; Table 1's trained hops (340M>120M, 760M>120M, 760M>340M) both ways
+  phases      rollouts / scoring / optimisation per phase and the stage's hours on this GPU, with the static and the
+              dynamic decode, for that pair and the hops (a hop's optimisation is the measured 1.5B pair's with the
+              same student: an upper bound for its smaller teacher)
+
+The issue's run on one H200 (about 6 minutes):
+    python -m benchmark perf-gpu --pairs "gpt2 1.5B>120M,gpt2 1.5B>340M" --budget-s 330
 """
 
 from __future__ import annotations
@@ -58,10 +71,12 @@ import torch
 from benchmark import minillm
 from benchmark.config import MiniLLMConfig, resolve, to_dict
 from benchmark.engine import Dist, compute_dtype, init_distributed
+from benchmark.perf import decode
 from benchmark.perf.common import EOSLogit, PerfError, hub_shaped_model, package_versions
+from benchmark.perf.decode import Timer, fp32_copy, random_prompts
 from benchmark.sampling import example_generators, sample
 
-SCHEMA = "mskd-bench.perf-gpu/2"  # 2: the trainer's collect_rollouts and minillm_step on a DeepSpeed engine
+SCHEMA = "mskd-bench.perf-gpu/3"  # 3: the decode section (static caches, CUDA graphs); 2: the trainer's own code
 # In priority order: the two pairs the paper reports a wall time for come first. `micro`: sequences per micro-batch.
 PAIRS = [
     dict(
@@ -93,6 +108,9 @@ DRY_RUN = dict(
     batch_size=4, rollouts_per_phase=16, max_prompt_length=8, generation={"max_new_tokens": 8}, pt_seq_length=16
 )
 DRY_RUN_MICRO = 2
+# The decode section starts no new measurement after this many seconds of the run (dry run: no limit); its pair and
+# Table 1's hops at full length fit in ~4 minutes of an H200 (estimate from the 2026-11-28 rates), the pairs follow.
+DECODE_BUDGET_S = {False: 240.0, True: float("inf")}
 
 
 def stage_config(micro: int, dry: bool) -> MiniLLMConfig:
@@ -123,24 +141,6 @@ def fwd_flops(model, tokens: int, seq: int) -> float:
     return tokens * (2 * n + 4 * L * d * seq)
 
 
-class Timer:
-    """Wall seconds of a block, the device synchronised at both ends (CUDA work is asynchronous)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.t = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds = time.perf_counter() - self.t
-
-
 def matmul_peak(device, dtype, sizes, iters: int) -> dict:
     """The best TFLOPS of `iters` square matmuls of each size (after one untimed)."""
     best, per = 0.0, {}
@@ -158,19 +158,13 @@ def matmul_peak(device, dtype, sizes, iters: int) -> dict:
     return {"tflops": best, "per_size": per, "iters": iters, "dtype": str(dtype)}
 
 
-def _random_prompts(model, rows: int, length: int, seed: int) -> torch.Tensor:
-    """Random token ids (no special ids) as prompts, [rows, length] on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, model.config.vocab_size - 1, (rows, length), generator=g)
-
-
 def measure_rollouts(policy, teacher, cfg: MiniLLMConfig, dist: Dist) -> tuple[dict, minillm.Buffer]:
     """The trainer's `collect_rollouts` on one global mini-batch of random prompts, EOS suppressed, in its rollout
     chunks (the engine's micro-batch), after one chunk as warm-up: the first call of a process grows the CUDA
     allocator's pool for both KV caches (3.2x slower on the H200). Returns the figures and the gathered buffer."""
     eos = policy.config.eos_token_id
     s, t = EOSLogit(policy, eos, float("-inf")), EOSLogit(teacher, eos, float("-inf"))
-    prompts = _random_prompts(policy, cfg.batch_size, cfg.max_prompt_length, seed=0).tolist()
+    prompts = random_prompts(policy, cfg.batch_size, cfg.max_prompt_length, seed=0).tolist()
     chunk = cfg.micro_batch_size or cfg.batch_size
 
     def run(n: int):
@@ -200,16 +194,6 @@ def measure_rollouts(policy, teacher, cfg: MiniLLMConfig, dist: Dist) -> tuple[d
     return figures, buf
 
 
-def fp32_copy(model):
-    """The same weights in float32, in a new model on the same device (the original stays as DeepSpeed holds it)."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device(next(model.parameters()).device):
-        copy = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
-    copy.load_state_dict(model.state_dict())
-    return copy.requires_grad_(False).eval()
-
-
 @torch.no_grad()
 def measure_scoring(policy, teacher, cfg: MiniLLMConfig, device) -> dict:
     """Half-precision correctness of the stored rollout log-probs (MiniLLMConfig.rollout_logprobs) on one rollout
@@ -220,7 +204,7 @@ def measure_scoring(policy, teacher, cfg: MiniLLMConfig, device) -> dict:
     this is a floor, not a trained model's value."""
     eos = policy.config.eos_token_id
     rows = cfg.micro_batch_size or cfg.batch_size
-    ids = _random_prompts(policy, rows, cfg.max_prompt_length, seed=3).to(device)
+    ids = random_prompts(policy, rows, cfg.max_prompt_length, seed=3).to(device)
     mask = torch.ones_like(ids)
 
     def wrapped(model):
@@ -266,7 +250,7 @@ def measure_static_cache(policy, teacher, cfg: MiniLLMConfig, device) -> dict:
     with its DynamicCache, with cache_implementation="static" (which generate compiles on CUDA), and our loop."""
     eos = policy.config.eos_token_id
     rows, new = cfg.micro_batch_size or cfg.batch_size, cfg.generation.max_new_tokens
-    ids = _random_prompts(policy, rows, cfg.max_prompt_length, seed=2).to(device)
+    ids = random_prompts(policy, rows, cfg.max_prompt_length, seed=2).to(device)
     mask = torch.ones_like(ids)
     common = dict(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=new,
                   min_new_tokens=new, eos_token_id=eos, pad_token_id=eos)  # fmt: skip
@@ -456,6 +440,29 @@ def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -
     path = out_dir / ("gpu-dry-run.json" if dry else f"gpu-{_slug(gpu)}-{stamp}.json")
     report["peak"] = matmul_peak(device, torch.bfloat16, [64, 128] if dry else [4096, 8192, 16384], 2 if dry else 20)
     peak = report["peak"]["tflops"] * 1e12
+    decode_pair = decode.PAIR_NAME
+    hops = []
+    if decode_pair in configs:  # the decode section comes first: it is bounded by its own deadline
+        cfg = configs[decode_pair]
+        hop_overrides = {"precision": "bf16", "micro_batch_size": cfg.micro_batch_size} | (DRY_RUN if dry else {})
+        hops = decode.table1_trained_hops(hop_overrides)
+        try:
+            report["decode"] = decode.run_section(
+                cfg,
+                device,
+                compute_dtype(cfg.precision, device),
+                gpu,
+                dry=dry,
+                overrides=hop_overrides,
+                deadline=t_start + DECODE_BUDGET_S[dry],
+            )
+        except Exception as exc:  # keep the run going: the pairs still measure the trainer
+            report["decode"] = {"status": f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"}
+        if cuda:
+            torch.cuda.empty_cache()
+        report["wall_s"] = time.perf_counter() - t_start
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"[{report['wall_s']:.0f} s] decode section done", flush=True)
     teachers: dict[tuple[str, str], torch.nn.Module] = {}
     for pair in pairs:
         row = {"pair": pair["name"], "paper_report": pair["paper"]}
@@ -485,11 +492,79 @@ def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -
         report["wall_s"] = time.perf_counter() - t_start
         path.write_text(json.dumps(report, indent=2) + "\n")  # after every pair: a killed run keeps its results
         print(f"[{report['wall_s']:.0f} s] {row['pair']}: {row['status']}", flush=True)
+    if "variants" in report.get("decode", {}):
+        report["phases"] = project_phases(report, configs[decode_pair], hops)
+        static = report["phases"][decode_pair]["static_mixed"]
+        report["decode"]["goals"]["rollouts_below_half_of_phase"] = (
+            static["rollout_share"] < 0.5 if "rollout_share" in static else None
+        )
     report["wall_s"] = time.perf_counter() - t_start
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))
     print(f"wrote {path}")
     return path
+
+
+def project_phases(report: dict, cfg: MiniLLMConfig, hops: list[dict]) -> dict:
+    """The phase split and stage hours (`decode.phase`) of the decode section's pair (`cfg`) and of each trained hop
+    of Table 1, with the static path's steady-state decode and with the dynamic loop's. Optimisation is the step of
+    the measured pair with the same student: its 1.5B teacher's forwards (first-epoch response logits, PT term)
+    make it an upper bound for a hop with a smaller teacher."""
+    steps = {p["pair"]: p["step"] for p in report["pairs"] if p.get("status") == "measured"}
+    section = report["decode"]
+    targets = [(section["pair"], cfg, section)]
+    targets += [(h["name"], h["config"], section["hops"].get(h["name"], {})) for h in hops]
+    out = {}
+    for name, c, figures in targets:
+        step_pair = f"gpt2 1.5B>{name.split('>')[-1]}"
+        step = steps.get(step_pair)
+        row: dict = {"step_from": step_pair if step else f"not measured (pair {step_pair} not measured in this run)"}
+        for loop in ("static_mixed", "dynamic_mixed"):
+            v = figures.get("variants", {}).get(loop, {})
+            if "seconds" in v:
+                row[loop] = decode.phase(c, figures["rows"], v["seconds"], figures.get("rescore_s"), step)
+            else:
+                row[loop] = {"status": v.get("error") or v.get("status") or "not measured"}
+        out[name] = row
+    return out
+
+
+def _decode_lines(r: dict) -> list[str]:
+    d = r.get("decode")
+    if not d:
+        return []
+    if "variants" not in d:
+        return [f"decode section: {d.get('status')}"]
+
+    def fig(v: dict) -> str:
+        return f"{v['tok_per_s']:.0f}" if "tok_per_s" in v else v.get("error") or v.get("status", "-")
+
+    floor = d["bandwidth_floor"]["tok_per_s"]
+    lines = [
+        f"decode {d['pair']}, {d['rows']} rows x {d['prompt_length']} + {d['max_new_tokens']} tokens ({d['dtype']}), "
+        f"tok/s; bandwidth floor {f'{floor:.0f}' if floor else d['bandwidth_floor']['source']}",
+        "  " + " | ".join(f"{k} {fig(v)}" for k, v in d["variants"].items()),
+        f"  stopping (mean length ~{d['stopping']['mean_length_target']:g}): "
+        + " | ".join(f"{k} {fig(v)}" for k, v in d["stopping"]["variants"].items()),
+        "  agreement (identical rows): "
+        + " | ".join(
+            f"{k} {a['identical_rows']:.0%}" if "rows" in a else f"{k} {a['status']}" for k, a in d["agreement"].items()
+        ),
+        "  of the floor: " + " | ".join(f"{k} {x:.2f}" for k, x in d["fraction_of_floor"].items()),
+        "  goals: " + ", ".join(f"{k}={v if not isinstance(v, float) else round(v, 2)}" for k, v in d["goals"].items()),
+    ]
+    for name, row in r.get("phases", {}).items():
+        for loop in ("static_mixed", "dynamic_mixed"):
+            ph = row[loop]
+            if ph.get("phase_s") is None:
+                got = ph.get("status") or f"rollouts {ph['rollouts_s']:.1f} s; optimisation {row['step_from']}"
+            else:
+                got = (
+                    f"{ph['rollouts_s']:.1f} / {ph['scoring_s']:.1f} / {ph['optimisation_s']:.1f} s = "
+                    f"{ph['phase_s']:.1f} s a phase (rollouts {ph['rollout_share']:.0%}), {ph['hours_1gpu']:.1f} h"
+                )
+            lines.append(f"  phase {name} {loop}: {got}")
+    return lines
 
 
 def summary(r: dict) -> str:
@@ -522,5 +597,6 @@ def summary(r: dict) -> str:
             if isinstance(v, dict):
                 got = v.get("error") or f"{v['tok_per_s']:.0f} tok/s (first call {v['first_call_s']:.1f} s)"
                 lines.append(f"{p['pair']} student decode {name}: {got}")
+    lines += _decode_lines(r)
     lines.append(f"wall {r['wall_s']:.0f} s")
     return "\n".join(lines)
