@@ -254,7 +254,7 @@ def stage_status(stage: Stage, run_dir: Path) -> str:
 # Paper-scale figures are GPU-hours projected from the paper's report (GPT-2 120M from the 1.5B teacher in under
 # 10 h on four V100s; OPT 2.7B from the 6.7B TA in about 40 h on four V100s), proportional to the parameters of
 # student + teacher: about 20 V100-hours per billion parameters for 5000 steps.
-_SMALL_SECONDS = {"data": 6, "sft": 138, "distill": 85, "evaluate": 27}  # means of the 2026-11-29 smoke run, 1 thread
+_SMALL_SECONDS = {"data": 5, "sft": 139, "distill": 107, "evaluate": 42}  # means of the 2026-12-03 smoke run, 1 thread
 _TINY_SECONDS = {"data": 2, "sft": 8, "distill": 10, "evaluate": 6}
 PAPER_PARAMS_B = {
     "1.5B": 1.56,

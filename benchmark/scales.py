@@ -296,8 +296,8 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             # (muP-style) and so does the hop's; MiniLLM's own defaults have the same ratio (5e-6 against 5e-5)
             minillm_lr_per_sft_lr=0.1,
             evaluation=dict(max_prompt_length=128, generation={"max_new_tokens": 48}, batch_size=50, precision="fp32"),
-            why="CPU budget: `nox -s smoke` must run all 22 entries (8 SFT, 14 hops, 22 evaluations) in <= 30 min "
-            "on 2 cores; see README 'Small scale' for the measured size ordering.",
+            why="CPU budget: `nox -s smoke` runs all 22 entries (8 SFT, 14 hops, 22 evaluations) in <= 45 min on 2 "
+            "cores (34 min measured); README 'Small scale' has what it shows, calibration.md why these settings.",
         ),
         "tiny": Scale(
             name="tiny",

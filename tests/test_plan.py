@@ -158,7 +158,7 @@ def test_set_option_overrides_stage_configs_from_the_command_line(capsys):
     assert distill.config["minillm"]["rollouts_per_phase"] == 512 and distill.dirname in changed
     assert distill.dirname not in default
     # its cost estimate follows the hop's size: 32 steps x 128 is half the default 128 x 64 rollout-epochs
-    assert f"{distill.dirname:<48} ~57 s CPU" in changed and "~85 s CPU" in default
+    assert f"{distill.dirname:<48} ~71 s CPU" in changed and "~107 s CPU" in default
     # a field the config does not have, or a value it rejects, is a clear error (exit 2), not a traceback
     assert main(["plan", "all", "--scale", "small", "--set", 'minillm={"lrr": 1}']) == 2
     assert "MiniLLMConfig has no field 'lrr'" in capsys.readouterr().err
