@@ -42,7 +42,7 @@ def _install(session: nox.Session, extras: str = "dev") -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit tests and tiny end-to-end runs (CPU, a few minutes)."""
-    _install(session)
+    _install(session, "dev,cluster")  # tests/test_cluster.py runs stages on submitit's local stand-ins
     session.run("pytest", *(session.posargs or ["-q"]), env=_env(session))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from benchmark import (
     BenchmarkError,
+    cluster,
     config,
     data,
     engine,
@@ -42,7 +43,7 @@ from benchmark.checks import DEFAULT_TOLERANCES, Tolerances
 from benchmark.laws import LAWS
 from benchmark.perf import cpu, gpu
 from benchmark.perf.common import PerfError
-from benchmark.plan import Plan, build_plan, describe, resolved_entry
+from benchmark.plan import Plan, build_plan, resolved_entry
 from benchmark.plan import __doc__ as plan_doc
 
 # `train`'s description (-h): what a stage writes and where its code is.
@@ -251,7 +252,7 @@ def _plan(args: argparse.Namespace) -> tuple[Plan, Path]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    print(describe(*_plan(args)))
+    print(cluster.describe(*_plan(args), args.executor, args.cluster, args.slurm))
     return 0
 
 
@@ -268,9 +269,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner.preflight(args.scale)
     plan, run_dir = _plan(args)
     redo = runner.resolve_redo(plan, args.redo or [])
-    print(describe(plan, run_dir))
+    print(cluster.describe(plan, run_dir, args.executor, args.cluster, args.slurm))
+    if args.dry_run:
+        return 0
+    ex = cluster.executor(args.executor, args.cluster, args.slurm, args.scale)
     try:
-        runner.run_plan(plan, run_dir, jobs=args.jobs, prune_checkpoints=args.prune_checkpoints, redo=redo)
+        runner.run_plan(plan, run_dir, jobs=args.jobs, prune_checkpoints=args.prune_checkpoints, redo=redo, executor=ex)
     except BrokenPipeError:  # `run ... | head`: the reader left; main exits quietly
         raise
     except OSError as exc:
@@ -296,7 +300,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     plan = None
     if args.targets:
         plan = build_plan(args.targets, args.scale, overrides=parse_set(args.overrides or []))
-    print(runner.status_table(run_dir, plan))
+    print(runner.status_table(run_dir, plan, job_state=cluster.job_state))
     return 0
 
 
@@ -561,6 +565,8 @@ def _add_run_verbs(sub) -> None:
             help="override stage configs on top of the scale's: KIND is sft, minillm or evaluation, JSON an object of "
             "its fields (repeatable); only the stages that depend on a changed field rerun",
         )
+        for flags, options in cluster.OPTIONS:  # --executor, --cluster, --slurm, --dry-run
+            p.add_argument(*flags, **options)
         p.set_defaults(func=cmd_plan if verb == "plan" else cmd_run)
         if verb == "plan":
             continue

@@ -4,6 +4,7 @@
     python -m benchmark reproduce all --scale small --out runs/small   # run, then regenerate paper_tables/small
     python -m benchmark status --out runs/small                        # every stage: done / running / failed / ...
     python -m benchmark run table1 --scale small --out runs/small --redo distill-gpt2-1.5B_760M
+    python -m benchmark run table2 --scale paper --executor submitit --slurm partition=gpu   # jobs: cluster.py
 
 Every stage runs in its own process (`python -m benchmark _stage STAGE_DIR`; under the `deepspeed` launcher when
 GPUs exist) with its log at `STAGE_DIR/log.txt`; it holds STAGE_DIR/.lock while it runs and dies with the runner
@@ -120,7 +121,7 @@ def stage_holder(stage_dir: Path) -> str | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 # Not outputs: the runner's and the stage's own bookkeeping, resumable checkpoints, logs and temporaries (dot files).
-_NOT_OUTPUTS = {DONE_FILE, FAILED_FILE, "stage.json", "log.txt", "tensorboard"}
+_NOT_OUTPUTS = {DONE_FILE, FAILED_FILE, "stage.json", "log.txt", "tensorboard", "job.json", "submitit"}
 
 
 def output_files(stage_dir: Path) -> dict[str, dict]:
@@ -310,16 +311,17 @@ def run_plan(
     prune_checkpoints: bool = False,
     progress: bool = True,
     redo: set[str] = frozenset(),
+    executor=None,
 ) -> dict[str, str]:
     """Run every stage not yet done; returns stage id -> final status. Raises RunError listing failed stages
     (with their logs and what to do) after every runnable stage has finished; finished stages are kept.
 
     Finished stages are verified against their DONE.json manifests first: a damaged one is moved to RUN/attic and
-    run again, as are the stages in `redo` (see `resolve_redo`)."""
+    run again, as are the stages in `redo` (see `resolve_redo`). `executor` (cluster.py) runs stages as jobs."""
     run_dir = Path(run_dir)
-    gpus = _gpus()
+    gpus = 0 if executor else _gpus()  # a job gets its GPUs from its allocation
     cores = os.cpu_count() or 1
-    jobs = jobs or (1 if gpus else cores)
+    jobs = jobs or (len(plan.stages) if executor else 1 if gpus else cores)
     free_groups = _gpu_groups(gpus, jobs) if gpus else [[] for _ in range(jobs)]
     priority = _critical_path(plan)
     failed: dict[str, str] = {}
@@ -350,7 +352,7 @@ def run_plan(
                 for sid in ready[: jobs - len(running)]:
                     todo.remove(sid)
                     stage = plan.stages[sid]
-                    holder = stage_holder(run_dir / "stages" / stage.dirname)
+                    holder = (executor.holder if executor else stage_holder)(run_dir / "stages" / stage.dirname)
                     if holder:  # e.g. a stage left running by a run killed on a system without parent-death signals
                         status[sid] = "failed"
                         failed[sid] = (
@@ -361,8 +363,8 @@ def run_plan(
                         continue
                     stage_dir = _write_spec(stage, plan, run_dir)
                     status[sid] = "running"
-                    group = free_groups.pop()
-                    running[pool.submit(_run_stage, stage, stage_dir, group, threads)] = (sid, group)
+                    group, run = free_groups.pop(), executor.run_stage if executor else run_stage
+                    running[pool.submit(run, stage, stage_dir, group, threads)] = (sid, group)
                 if not running:
                     continue
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -430,7 +432,7 @@ def _critical_path(plan: Plan) -> dict[str, float]:
     return height
 
 
-def _run_stage(stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int) -> str | None:
+def run_stage(stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int) -> str | None:
     """Run one stage in a subprocess; returns None on success or an actionable error message."""
     log = stage_dir / "log.txt"
     (stage_dir / FAILED_FILE).unlink(missing_ok=True)
@@ -709,8 +711,8 @@ def stage_state(stage_dir: Path, *, verify: bool = True) -> str:
     return "pending"
 
 
-def status_table(run_dir: Path, plan: Plan | None = None) -> str:
-    """Every stage of `plan` (or, without a plan, every stage directory of the run) with its state and log."""
+def status_table(run_dir: Path, plan: Plan | None = None, job_state=None) -> str:
+    """Every stage of `plan` (or, without a plan, every stage directory of the run): state, log, job (`job_state`)."""
     stages_dir = run_dir / "stages"
     if plan is not None:
         rows = [(s.kind, s.dirname, "sourced" if s.source else None) for s in plan.stages.values()]
@@ -734,6 +736,7 @@ def status_table(run_dir: Path, plan: Plan | None = None) -> str:
                 pass
         elif state == "damaged":
             detail = "; ".join(verify_stage(d)) + f"; rerun `run` to redo it (moved to {run_dir}/attic)"
+        detail = f"{job_state(d)}; {detail}" if job_state and (d / "job.json").exists() else detail
         lines.append(f"{state:<12} {kind:<9} {dirname:<48} {detail}")
     lines.append("totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return "\n".join(lines)
