@@ -3,6 +3,7 @@
     nox -s tests                      # unit + tiny end-to-end tests on CPU (what CI runs)
     nox -s lint                       # ruff
     nox -s smoke                      # the whole paper at `small` scale on a CPU (<= 30 min on 2 cores)
+    nox -s rehearsal                  # Tables 1-4 at `paper` scale offline on a fake local hub (CI, minutes)
     nox -s reproduce_table2           # paper scale (GPUs + Hugging Face Hub); `-- --scale small` on a laptop
     nox -s notebooks -- --results runs/small --scale small
     nox -s perf                       # throughput/memory benchmark, side by side with TRL
@@ -107,6 +108,17 @@ def smoke(session: nox.Session) -> None:
     _install(session)
     args = list(session.posargs) or ["--scale", "small", "--out", "runs/small"]
     session.run("python", "-m", "benchmark", "reproduce", "all", *args, env=_env(session))
+
+
+@nox.session(python=PYTHON)
+def rehearsal(session: nox.Session) -> None:
+    """Dress rehearsal: Tables 1-4 at paper scale, offline, on a local fake hub of tiny models.
+
+    benchmark.rehearsal: every paper-scale code path but memory and time, into runs/rehearsal and
+    paper_tables/rehearsal (a few minutes on 2 CPU cores)."""
+    _install(session)
+    args = list(session.posargs) or ["--out", "runs/rehearsal", "--tables", "paper_tables/rehearsal"]
+    session.run("python", "-m", "benchmark", "rehearsal", *args, env=_env(session))
 
 
 @nox.session(python=PYTHON)

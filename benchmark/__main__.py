@@ -33,6 +33,7 @@ from benchmark import (
     notebooks,
     planner,
     registry,
+    rehearsal,
     runner,
     scales,
     sft,
@@ -483,12 +484,7 @@ def _add_train(sub) -> None:
         help="sft: the teacher selects its checkpoint by validation ROUGE-L, a student's init by validation loss "
         "(default: teacher for the family's teacher size given as FAMILY:SIZE, else init)",
     )
-    p.add_argument(
-        "--scale",
-        default="paper",
-        choices=list(scales.SCALES),
-        help="apply this scale's config overrides (default: paper-faithful values)",
-    )
+    p.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="this scale's config (default paper)")
     p.add_argument(
         "--set",
         action="append",
@@ -529,12 +525,7 @@ def _add_evaluate(sub) -> None:
         "match and the NLLs each perplexity is built from (replaced if it exists)",
     )
     s.add_argument("--entry", default=None, help="registry entry key the model belongs to, e.g. gpt2/1.5B>120M")
-    s.add_argument(
-        "--scale",
-        default=None,
-        choices=list(scales.SCALES),
-        help="apply this scale's evaluation settings (lengths, seeds, examples); default: the paper protocol",
-    )
+    s.add_argument("--scale", choices=list(scales.SCALES), help="this scale's evaluation settings (default: paper's)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (ours or transformers')")
     s.set_defaults(func=cmd_evaluate)
 
@@ -552,11 +543,7 @@ def _add_run_verbs(sub) -> None:
         p.add_argument("targets", nargs="+", help="table1..table4, figure2, all, a family, or entry keys")
         p.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="paper, small or tiny")
         p.add_argument("--out", help="run directory (default runs/<scale>)")
-        p.add_argument(
-            "--retrain-one-step",
-            action="store_true",
-            help="paper scale: train the one-step hops here instead of using MiniLLM's checkpoints",
-        )
+        p.add_argument("--retrain-one-step", action="store_true", help="paper scale: train the one-step hops here")
         p.add_argument(
             "--set",
             dest="overrides",
@@ -774,6 +761,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_notebooks(sub)
     _add_perf_verbs(sub)
     _add_planner_verbs(sub)
+    r = sub.add_parser("rehearsal", help="Tables 1-4 at paper scale offline, fake hub", description=rehearsal.__doc__)
+    r.add_argument("--out", default="runs/rehearsal", help="run directory; the fake hub is built in OUT/hf_home")
+    r.add_argument("--tables", default="paper_tables/rehearsal", help="output directory of the tables")
+    r.add_argument("--targets", nargs="+", default=list(rehearsal.TARGETS), help="default: table1 table2 table3 table4")
+    r.set_defaults(func=lambda a: print(f"tables: {rehearsal.run(a.out, a.tables, a.targets)}") or 0)
     # Verbs named _like_this are internal (the runner's own subprocesses): usable, but not offered in -h.
     sub.metavar = "{" + ",".join(name for name in sub.choices if not name.startswith("_")) + "}"
     return p

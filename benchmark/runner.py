@@ -37,7 +37,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from benchmark import BenchmarkError, registry, results, scales
+from benchmark import BenchmarkError, registry, rehearsal, results, scales
 from benchmark.config import resolve
 from benchmark.data import file_manifest, manifest_problems
 from benchmark.plan import CONFIG_KIND, DONE_FILE, Plan, Stage, stage_status, write_stage_spec
@@ -654,8 +654,8 @@ def _execute_data(spec: dict, stage_dir: Path) -> None:
 
 
 def preflight(scale_name: str) -> None:
-    """Paper scale needs GPUs and the Hugging Face Hub: say so before any work."""
-    if scale_name != "paper":
+    """Paper scale needs GPUs and the Hub: say so before any work (not in a dress rehearsal, `rehearsal.active()`)."""
+    if scale_name != "paper" or rehearsal.active():
         return
     missing = []
     if not _gpus():

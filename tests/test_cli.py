@@ -159,7 +159,7 @@ def test_internal_verbs_are_not_offered(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     verbs = "{ls,show,validate,data,train,evaluate,plan,run,reproduce,status,notebooks,perf,"
-    verbs += "perf-gpu,suggest,figure1,planner-report}"
+    verbs += "perf-gpu,suggest,figure1,planner-report,rehearsal}"
     assert verbs in out
     assert "_stage" not in out and "_guard" not in out and "_perf-worker" not in out
     args = build_parser().parse_args(["_stage", "some/stage/dir"])  # still there for the runner's subprocesses
