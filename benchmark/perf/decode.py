@@ -127,6 +127,11 @@ def agreement(a, b) -> dict:
     return res
 
 
+def agreements(outs: dict, **pairs: tuple[str, str]) -> dict:
+    """`agreement` of each named pair of decodes (name=(variant a, variant b)) whose variants both ran."""
+    return {name: agreement(outs[a], outs[b]) for name, (a, b) in pairs.items() if a in outs and b in outs}
+
+
 def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
@@ -277,11 +282,9 @@ def measure_pair_decode(student, teacher, cfg: MiniLLMConfig, device, gpu_name: 
     res["rescore_s"] = None
     if "static_mixed" in outs and cfg.rollout_logprobs == "forward":
         res["rescore_s"] = rescore_seconds(student, teacher, cfg, ids, mask, outs["static_mixed"], device)
-    agree = {}
-    if {"static_mixed", "static_mixed_eager"} <= set(outs):
-        agree["graph_vs_eager"] = agreement(outs["static_mixed"], outs["static_mixed_eager"])
-    if {"static_mixed", "dynamic_mixed"} <= set(outs):
-        agree["static_vs_dynamic"] = agreement(outs["static_mixed"], outs["dynamic_mixed"])
+    agree = agreements(
+        outs, graph_vs_eager=("static_mixed", "static_mixed_eager"), static_vs_dynamic=("static_mixed", "dynamic_mixed")
+    )
     del outs
     _free(device)
 
@@ -301,10 +304,11 @@ def measure_pair_decode(student, teacher, cfg: MiniLLMConfig, device, gpu_name: 
     if outs:
         lengths = next(iter(outs.values())).lengths.float()
         res["stopping"]["lengths"] = {"mean": float(lengths.mean()), "max": float(lengths.max())}
-    if {"static_mask", "static_bucket"} <= set(outs):
-        agree["stopping_mask_vs_bucket"] = agreement(outs["static_mask"], outs["static_bucket"])
-    if {"static_bucket", "dynamic_compact"} <= set(outs):
-        agree["stopping_static_vs_dynamic"] = agreement(outs["static_bucket"], outs["dynamic_compact"])
+    agree |= agreements(
+        outs,
+        stopping_mask_vs_bucket=("static_mask", "static_bucket"),
+        stopping_static_vs_dynamic=("static_bucket", "dynamic_compact"),
+    )
     del outs
     _free(device)
 
