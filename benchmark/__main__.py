@@ -41,6 +41,7 @@ from benchmark import (
     tables,
 )
 from benchmark.checks import DEFAULT_TOLERANCES, Tolerances
+from benchmark.config import parse_set, run_overrides
 from benchmark.laws import LAWS
 from benchmark.perf import cpu, gpu
 from benchmark.perf.common import PerfError
@@ -67,43 +68,6 @@ sections it mirrors); their DeepSpeed edge, checkpoints and logs: benchmark/engi
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The one --set grammar
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def parse_set(items: list[str], verb_kind: str | None = None) -> dict[str, dict]:
-    """`--set` options -> {kind: {field: value}}; later options update earlier ones.
-
-    Each option is KIND=JSON: KIND a stage config (`config.KINDS`: sft -> SFTConfig, minillm -> MiniLLMConfig,
-    evaluation -> EvalConfig), JSON an object of its fields, applied on top of the scale's values; changed fields
-    change the stage hashes, so only the stages that depend on them rerun. `train sft|minillm` passes its kind as
-    `verb_kind`: a bare JSON object is that kind's, and another KIND is an error. Example (1024-rollout hops at small
-    scale, half the default budget):
-        --set minillm='{"rollouts_per_phase": 512, "batch_size": 128}'
-    """
-    out: dict[str, dict] = {}
-    for item in items:
-        named = re.fullmatch(r"(\w+)=(.*)", item, flags=re.DOTALL)
-        kind, text = (named[1], named[2]) if named else (verb_kind, item)
-        if kind not in config.KINDS:
-            raise config.ConfigError(f"--set {item!r}: expected KIND=JSON with KIND one of {', '.join(config.KINDS)}")
-        if verb_kind and kind != verb_kind:
-            raise config.ConfigError(f"--set {kind}=...: `train {verb_kind}` takes {verb_kind} fields, not {kind}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise config.ConfigError(
-                f"--set {kind}=...: not valid JSON ({e}); quote it, e.g. --set {kind}='{{\"lr\": 1e-4}}'"
-            ) from None
-        if not isinstance(value, dict):
-            raise config.ConfigError(
-                f"--set {kind}=...: expected a JSON object of config fields, got {type(value).__name__}"
-            )
-        out.setdefault(kind, {}).update(value)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The registry: ls, show, validate
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -115,7 +79,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     if args.format == "json":
-        overrides = parse_set(args.overrides or [])
+        overrides = run_overrides(args.scale, args.preset, args.overrides)
         entry = resolved_entry(args.key, args.scale, retrain_one_step=args.retrain_one_step, overrides=overrides)
         print(json.dumps(entry, indent=2))
     else:
@@ -247,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> tuple[Plan, Path]:
     """The plan of the targets and the run directory (default runs/<scale>)."""
-    overrides = parse_set(args.overrides or [])
+    overrides = run_overrides(args.scale, args.preset, args.overrides)
     plan = build_plan(args.targets, args.scale, retrain_one_step=args.retrain_one_step, overrides=overrides)
     return plan, Path(args.out or f"runs/{args.scale}")
 
@@ -300,7 +264,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise runner.RunError(f"{run_dir} does not exist: give the --out directory of a run")
     plan = None
     if args.targets:
-        plan = build_plan(args.targets, args.scale, overrides=parse_set(args.overrides or []))
+        plan = build_plan(args.targets, args.scale, overrides=run_overrides(args.scale, args.preset, args.overrides))
     print(runner.status_table(run_dir, plan, job_state=cluster.job_state))
     return 0
 
@@ -402,6 +366,14 @@ def cmd_planner_report(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+PRESET_FLAGS = ("--preset",)
+PRESET_OPTIONS = dict(
+    choices=list(scales.PAPER_PRESETS),
+    help="paper scale: the hop settings (scales.PAPER_PRESETS): authors (default; the seed paper's scripts: batch "
+    "16, whitening over 8 rollouts, selection among 500-step checkpoints) or minillm (MiniLLM's paper: batch 64)",
+)
+
+
 def _add_registry_verbs(sub) -> None:
     s = sub.add_parser("ls", help="list the paper entries with their published numbers")
     s.add_argument("--format", choices=["table", "json"], default="table", help="a table (default) or JSON")
@@ -415,6 +387,7 @@ def _add_registry_verbs(sub) -> None:
     )
     s.add_argument("--retrain-one-step", action="store_true", help="json: as for run")
     s.add_argument("--set", dest="overrides", action="append", metavar="KIND=JSON", help="json: as for run")
+    s.add_argument(*PRESET_FLAGS, **PRESET_OPTIONS)
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("validate", help="resolve every entry at every scale")
@@ -552,6 +525,7 @@ def _add_run_verbs(sub) -> None:
             help="override stage configs on top of the scale's: KIND is sft, minillm or evaluation, JSON an object of "
             "its fields (repeatable); only the stages that depend on a changed field rerun",
         )
+        p.add_argument(*PRESET_FLAGS, **PRESET_OPTIONS)
         for flags, options in cluster.OPTIONS:  # --executor, --cluster, --slurm, --dry-run
             p.add_argument(*flags, **options)
         p.set_defaults(func=cmd_plan if verb == "plan" else cmd_run)
@@ -585,6 +559,7 @@ def _add_run_verbs(sub) -> None:
     p.add_argument("--out", required=True, help="the run directory")
     p.add_argument("--scale", default="paper", choices=list(scales.SCALES), help="scale of the targets")
     p.add_argument("--set", dest="overrides", action="append", metavar="KIND=JSON", help="as for run")
+    p.add_argument(*PRESET_FLAGS, **PRESET_OPTIONS)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("_stage")
     p.add_argument("stage_dir")

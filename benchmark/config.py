@@ -18,10 +18,12 @@ import functools
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from benchmark import BenchmarkError, scales
@@ -163,6 +165,11 @@ def _require(cfg, cond: bool, field_name: str, allowed: str) -> None:
         raise ConfigError(f"{type(cfg).__name__}.{field_name} must be {allowed}, got {getattr(cfg, field_name)!r}")
 
 
+# A field added after stages were first recorded: `to_dict` leaves it out while it holds its default, so a stage
+# config that predates the field keeps its id (and its cached result) until the field is set.
+ADDED_FIELD = MappingProxyType({"omit_at_default": True})
+
+
 def _require_micro_batch(cfg) -> None:
     """The per-GPU micro-batch must split the global batch (`deepspeed_config` caps it at the per-GPU batch)."""
     m, b = cfg.micro_batch_size, cfg.batch_size
@@ -294,6 +301,11 @@ class MiniLLMConfig:
     gamma: float = 0.95  # --gamma (argparse default, no script overrides it)
     length_normalization: bool = True  # A_t / n_t; the reference applies it unconditionally
     whiten_include_padding: bool = True  # ref utils.py whiten over the padded B x 256 tensor; False = valid only
+    # Whitening statistics over groups of this many consecutive rollouts of the mini-batch instead of all of it: the
+    # reference all-reduces them over the ranks once per micro-step (ref utils.py::whiten, `get_global_statistics`),
+    # so a group is per-GPU batch x data-parallel ranks (the authors' 2 x 4 GPUs = 8, `scales.PRESETS["authors"]`).
+    # Defined in rollouts, not ranks, so results do not depend on the GPU count. None = the whole global mini-batch.
+    whiten_group_size: int | None = field(default=None, metadata=ADDED_FIELD)
     # --- losses (ref §1.3 "RL loss", "PT loss")
     policy_gradient: bool = True  # PPO clipped surrogate; False = single-step term only (ablation)
     cliprange: float = 0.2  # --cliprange
@@ -312,6 +324,11 @@ class MiniLLMConfig:
     pt_seq_length: int = 512  # PT chunks (ref §4.2)
     # --- selection and bookkeeping
     eval_interval: int = 100  # --eval-interval: validation ROUGE-L, best checkpoint kept (ref §1.5)
+    # Selection only among the models a run saves: the validations at multiples of this many steps and at the last
+    # step (the reference saves every --save-interval steps, ref trainer.py::train, and its user picks a saved step by
+    # validation ROUGE-L). What the best of every validation would have picked is recorded beside it (summary.json
+    # "best_of_validations"). None = every validation is a candidate (the MiniLLM paper's rule, ref §1.5).
+    select_interval: int | None = field(default=None, metadata=ADDED_FIELD)
     val_examples: int | None = 1000  # --dev-num
     checkpoint_interval: int = 500  # --save-interval, in optimizer steps; rounded up to a phase boundary
     seed: int = 10  # --seed (torch/np/random = seed + rank)
@@ -341,6 +358,8 @@ class MiniLLMConfig:
             gamma=UNIT_INTERVAL_OPEN_LEFT,
             cliprange=POSITIVE,
             kl_chunk_size=POSITIVE,
+            whiten_group_size=POSITIVE,
+            select_interval=POSITIVE,
             pt_coef=Range(">= 0 (0 = no PT loss)", NON_NEGATIVE.ok),
             kd_ratio=UNIT_INTERVAL,
             pt_seq_length=POSITIVE,
@@ -359,6 +378,20 @@ class MiniLLMConfig:
             f"a multiple of batch_size ({self.batch_size})",
         )
         _require_micro_batch(self)
+        g = self.whiten_group_size
+        _require(
+            self,
+            g is None or self.batch_size % g == 0,
+            "whiten_group_size",
+            f"a divisor of batch_size ({self.batch_size}), or null",
+        )
+        k = self.select_interval
+        _require(
+            self,
+            k is None or k % self.eval_interval == 0,
+            "select_interval",
+            f"a multiple of eval_interval ({self.eval_interval}), or null",
+        )
         _require(
             self,
             self.policy_gradient or self.single_step,
@@ -432,6 +465,74 @@ def resolve(
     return for_scale(cls, _merge(_merge(getattr(sc, kind), own), overrides or {}))
 
 
+def parse_set(items: list[str], verb_kind: str | None = None) -> dict[str, dict]:
+    """`--set` options -> {kind: {field: value}}; later options update earlier ones.
+
+    Each option is KIND=JSON: KIND a stage config (`KINDS`: sft -> SFTConfig, minillm -> MiniLLMConfig,
+    evaluation -> EvalConfig), JSON an object of its fields, applied on top of the scale's values; changed fields
+    change the stage hashes, so only the stages that depend on them rerun. `train sft|minillm` passes its kind as
+    `verb_kind`: a bare JSON object is that kind's, and another KIND is an error. Example (1024-rollout hops at small
+    scale, half the default budget):
+        --set minillm='{"rollouts_per_phase": 512, "batch_size": 128}'
+    """
+    out: dict[str, dict] = {}
+    for item in items:
+        named = re.fullmatch(r"(\w+)=(.*)", item, flags=re.DOTALL)
+        kind, text = (named[1], named[2]) if named else (verb_kind, item)
+        if kind not in KINDS:
+            raise ConfigError(f"--set {item!r}: expected KIND=JSON with KIND one of {', '.join(KINDS)}")
+        if verb_kind and kind != verb_kind:
+            raise ConfigError(f"--set {kind}=...: `train {verb_kind}` takes {verb_kind} fields, not {kind}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"--set {kind}=...: not valid JSON ({e}); quote it, e.g. --set {kind}='{{\"lr\": 1e-4}}'"
+            ) from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"--set {kind}=...: expected a JSON object of config fields, got {type(value).__name__}")
+        out.setdefault(kind, {}).update(value)
+    return out
+
+
+def preset_overrides(scale: str, name: str | None) -> dict:
+    """The `--set minillm=...` values that turn `scale`'s hops into its preset `name`'s (`scales.Scale.presets`;
+    {} for the default preset or None): each field a preset sets takes that preset's value, or MiniLLMConfig's
+    default."""
+    sc = scales.scale(scale)
+    if name is not None and name not in sc.presets:
+        have = f"presets: {', '.join(sc.presets)}" if sc.presets else "it has none (presets are paper scale's)"
+        raise ConfigError(f"scale {sc.name!r} has no preset {name!r}; {have}")
+    if name is None or name == sc.default_preset:
+        return {}
+    default = MiniLLMConfig()
+    fields = set(sc.presets[name]) | set(sc.minillm)
+    return {f: sc.presets[name].get(f, getattr(default, f)) for f in sorted(fields)}
+
+
+def preset_of(scale: str, minillm_overrides: dict | None) -> str | None:
+    """The preset a run's `--set minillm=...` values (`minillm_overrides`) start from: the most specific one whose
+    `preset_overrides` they all hold (the default preset holds none, so it is the fallback); None at a scale
+    without presets. What a plan and a table's provenance name."""
+    given, found = minillm_overrides or {}, None
+    for name in scales.scale(scale).presets:
+        want = preset_overrides(scale, name)
+        if all(k in given and given[k] == v for k, v in want.items()):
+            if found is None or len(want) > len(preset_overrides(scale, found)):
+                found = name
+    return found
+
+
+def run_overrides(scale: str, preset: str | None, items: list[str] | None) -> dict[str, dict]:
+    """A run's overrides from `--preset NAME` (`preset_overrides`: {} for the scale's default preset) and then its
+    `--set` options (`parse_set`), which win field by field."""
+    out = parse_set(items or [])
+    values = preset_overrides(scale, preset)
+    if values:
+        out["minillm"] = values | out.get("minillm", {})
+    return out
+
+
 def _merge(base: dict, override: dict) -> dict:
     """`base` updated by `override`, nested dicts field by field."""
     out = dict(base)
@@ -464,7 +565,12 @@ def _known_fields(cls, values: dict, name: str = "") -> None:
 
 
 def to_dict(cfg) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """The config as JSON-able values; ADDED_FIELD fields at their default are left out (see ADDED_FIELD)."""
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("omit_at_default") and getattr(cfg, f.name) == f.default:
+            del out[f.name]
+    return out
 
 
 def config_hash(obj) -> str:

@@ -474,7 +474,7 @@ def write_summary(out: Path, state: dict, dist: Dist, *, kind: str, cfg, wall: f
             "world_size": dist.world_size,
             "wall_time_s": wall,
         }
-        for key in ("selected", "heldout_rev_kl", "sequence_rev_kl"):
+        for key in ("selected", "best_of_validations", "heldout_rev_kl", "sequence_rev_kl"):
             if key in state:
                 summary[key] = state[key]
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))

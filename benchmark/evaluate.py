@@ -69,7 +69,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark import BenchmarkError, losses
+from benchmark import BenchmarkError, losses, text_perplexity
 from benchmark.config import EvalConfig
 from benchmark.engine import Dist, model_path_problem
 from benchmark.sampling import forward_logits, left_pad, response_logits, response_width, sample_prompts
@@ -610,6 +610,7 @@ def evaluate_model(
     cfg: EvalConfig,
     *,
     scorer=None,
+    text_scorer: str | None = None,
     entry: str | None = None,
     scale: str | None = None,
     stage: str | None = None,
@@ -619,7 +620,8 @@ def evaluate_model(
     progress: bool = True,
 ) -> list[dict]:
     """Evaluate one model on `data`'s test split: ROUGE-L and exact match per seed, the two gold perplexities, and
-    (with a `scorer`: path, hub id or loaded model) `perplexity_samples` per seed. Returns the result records
+    (with a `scorer`: path, hub id or loaded model) `perplexity_samples` per seed, and (with a `text_scorer`: path
+    or hub id) `perplexity_text` per seed (`benchmark.text_perplexity`). Returns the result records
     (`benchmark.results` schema) and appends them to `results_path` (a file or a run directory) if given.
 
     `data`: a PreparedData (`benchmark.data.load_prepared`) or a directory to load one from; it provides
@@ -631,7 +633,8 @@ def evaluate_model(
     post-processed sampled response), reference (the gold output), rouge_l and exact_match (that example's score
     x 100), sample_nll and sample_tokens (summed NLL in nats and scored tokens of the sampled response under the
     scorer; 0.0 and 0 for an empty response; null without a scorer), gold_nll and gold_tokens (the same for the gold
-    response under the evaluated model, seed-independent; 0.0 and 0 for an empty gold response). The module
+    response under the evaluated model, seed-independent; 0.0 and 0 for an empty gold response), text_nll and
+    text_tokens (the decoded prediction under the text scorer, `text_perplexity.text_nll`; null without). The module
     docstring says how each record is recomputed from them.
     """
     from tqdm.auto import tqdm
@@ -663,8 +666,12 @@ def evaluate_model(
         scorer_name = f"scorer {scorer_id['path'] or scorer_id['hub_id'] or ''}".strip()
         check_model_fits(scorer_model, scorer_name, data, cfg, scorer=True)
     references = [ex.output for ex in examples]
+    if text_scorer is not None:
+        text_model, text_tokenizer = text_perplexity.load_scorer(text_scorer, device)
 
-    per_seed: dict[str, list[float]] = {"rouge_l": [], "exact_match": [], "perplexity_samples": []}
+    per_seed: dict[str, list[float]] = {
+        m: [] for m in ("rouge_l", "exact_match", "perplexity_samples", "perplexity_text")
+    }
     samples: list[dict] = []  # one per (seed, example); the gold fields are added once they are known
     for seed in tqdm(cfg.seeds, desc="seeds", unit="seed", disable=not progress):
         ids = _sample_ids(model, examples, cfg, seed, eos_token_id=eos, progress=progress)
@@ -683,6 +690,10 @@ def evaluate_model(
                 batch_size=cfg.batch_size,
             )
             per_seed["perplexity_samples"].append(_ppl_mean_of_exp(scored))
+        text_scored: list[tuple[float | None, int | None]] = [(None, None)] * len(examples)
+        if text_scorer is not None:
+            text_scored = text_perplexity.text_nll(text_model, text_tokenizer, texts, batch_size=cfg.batch_size)
+            per_seed["perplexity_text"].append(text_perplexity.mean_perplexity(text_scored))
         for i, ex in enumerate(examples):
             samples.append(
                 {
@@ -697,6 +708,8 @@ def evaluate_model(
                     "exact_match": em_each[i],
                     "sample_nll": scored[i][0],
                     "sample_tokens": scored[i][1],
+                    "text_nll": text_scored[i][0],
+                    "text_tokens": text_scored[i][1],
                 }
             )
 
@@ -732,6 +745,16 @@ def evaluate_model(
                 values=per_seed["perplexity_samples"],
                 seeds=list(cfg.seeds),
                 scorer=scorer_id,
+                **common,
+            )
+        )
+    if text_scorer is not None:
+        records.append(
+            results.make_record(
+                metric="perplexity_text",
+                values=per_seed["perplexity_text"],
+                seeds=list(cfg.seeds),
+                scorer=results.model_identity(text_scorer),
                 **common,
             )
         )

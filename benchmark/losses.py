@@ -140,7 +140,9 @@ def minillm_advantages(
     return returns / remaining.clamp_min(1.0)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, *, include_padding: bool) -> torch.Tensor:
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, *, include_padding: bool, group_size: int | None = None
+) -> torch.Tensor:
     """(x - mean) / sqrt(var + 1e-8), with mean and variance over the whole batch given (ref `utils.py::whiten` with
     `shift_mean=True`, ref §1.3 "Advantage").
 
@@ -155,17 +157,24 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, *, include_padding: bool) -
     - The reference all-reduces the statistics over the ranks. Here every rank holds the whole global mini-batch
       (the trainer gathers it), so local statistics are the global ones, for any world size. Statistics are
       accumulated in float64.
+    - `group_size` (`MiniLLMConfig.whiten_group_size`): separate statistics for each group of that many
+      consecutive rows (the reference's per-micro-step all-reduce over per-GPU batch x ranks rollouts); None = one
+      group of every row.
     Every element is transformed, masked ones too; the losses multiply them by mask 0. Statistics carry no
-    gradient. At least one counted element is required (else 0/0 gives NaN).
+    gradient. At least one counted element per group is required (else 0/0 gives NaN).
     """
-    x = values.to(torch.float64)
-    counted = torch.ones_like(values, dtype=torch.bool) if include_padding else mask.bool()
+    rows = values.shape[0]
+    g = rows if group_size is None else group_size
+    if rows % g:
+        raise ValueError(f"whiten: {rows} rows do not split into groups of {g}")
+    x = values.to(torch.float64).reshape(rows // g, -1)  # one row per group
+    counted = (torch.ones_like(values, dtype=torch.bool) if include_padding else mask.bool()).reshape(rows // g, -1)
     with torch.no_grad():
         xd = torch.where(counted, x.detach(), 0.0)
-        count = counted.sum().to(torch.float64)
-        mean = xd.sum() / count
-        var = torch.where(counted, (xd - mean) ** 2, 0.0).sum() / count
-    return ((x - mean) * torch.rsqrt(var + WHITEN_EPS)).to(values.dtype)
+        count = counted.sum(1, keepdim=True).to(torch.float64)
+        mean = xd.sum(1, keepdim=True) / count
+        var = torch.where(counted, (xd - mean) ** 2, 0.0).sum(1, keepdim=True) / count
+    return ((x - mean) * torch.rsqrt(var + WHITEN_EPS)).reshape(values.shape).to(values.dtype)
 
 
 # --------------------------------------------------------------------------- policy-gradient term

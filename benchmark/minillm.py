@@ -353,10 +353,12 @@ def minillm_step(
     TeacherLogitsCache (None recomputes the teacher's logits, as the reference does)."""
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     # Advantages of the whole global mini-batch (ref §1.3 "Advantage": length-normalised, discounted, whitened):
-    # every rank holds it, so whitening statistics are the reference's all-rank statistics (ref utils.py) without
-    # depending on the world size.
+    # every rank holds it, so whitening statistics are the reference's all-rank statistics (ref utils.py), over the
+    # mini-batch or over its groups of whiten_group_size rollouts, without depending on the world size.
     adv = losses.minillm_advantages(mb.rewards, mb.response_mask, cfg.gamma, cfg.length_normalization)
-    adv = losses.whiten(adv, mb.response_mask, include_padding=cfg.whiten_include_padding)
+    adv = losses.whiten(
+        adv, mb.response_mask, include_padding=cfg.whiten_include_padding, group_size=cfg.whiten_group_size
+    )
     n_tokens = mb.response_mask.sum().item()
     pt_rows, n_pt = None, 1.0
     if pt_chunks is not None:  # the PT batch of this step: as many 512-token chunks as rollouts (ref §1.3)
@@ -599,8 +601,17 @@ class _Hop:
         return v
 
     def select(self, state: dict) -> None:
-        """Validation and best-checkpoint selection by validation ROUGE-L (ref §1.5, paper B.1)."""
+        """Validation and best-checkpoint selection by validation ROUGE-L (ref §1.5, paper B.1). With
+        `select_interval`, only the validations at its multiples and at the last step are candidates (the models a
+        reference run saves); the best of every validation is then recorded as state["best_of_validations"]."""
         v = self.validate(state)
+        step, k = state["step"], self.cfg.select_interval
+        if k is not None:
+            seen = state.get("best_of_validations")
+            if seen is None or v["val_rouge_l"] > seen["val_rouge_l"]:
+                state["best_of_validations"] = {"step": step, **v}
+            if step % k and step != self.cfg.total_steps:
+                return
         select_model(
             self.engine,
             self.data.tokenizer,

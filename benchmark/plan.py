@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark import registry, scales
-from benchmark.config import ConfigError, config_hash, resolve, to_dict
+from benchmark.config import ConfigError, config_hash, preset_of, preset_overrides, resolve, to_dict
 from benchmark.data import HUB_PT
 
 PLAN_VERSION = 1
@@ -182,6 +182,8 @@ def build_plan(
         model = model_stage(e.family, e.student, "init") if e.label == "sft" else final_stage(e.family, e.path)
         scorer = model_stage(e.family, registry.FAMILIES[e.family].teacher, "teacher")
         cfg = {"entry": e.key, "evaluation": to_dict(evaluation)}
+        if e.family in sc.text_scorer:  # perplexity_text's external scorer (benchmark.text_perplexity)
+            cfg["text_scorer"] = sc.text_scorer[e.family]
         entry_stage[e.key] = add(
             Stage(
                 "evaluate",
@@ -253,7 +255,8 @@ def stage_status(stage: Stage, run_dir: Path) -> str:
 # Measured at small scale on the 2-core development machine (single-thread worker, seconds): see README.
 # Paper-scale figures are GPU-hours projected from the paper's report (GPT-2 120M from the 1.5B teacher in under
 # 10 h on four V100s; OPT 2.7B from the 6.7B TA in about 40 h on four V100s), proportional to the parameters of
-# student + teacher: about 20 V100-hours per billion parameters for 5000 steps.
+# student + teacher: about 20 V100-hours per billion parameters for 5000 steps of their global batch 16 (the `authors`
+# preset, paper scale's default; `_hop_budget_ratio` makes a `minillm`-preset hop, batch 64, four times that).
 _SMALL_SECONDS = {"data": 5, "sft": 139, "distill": 107, "evaluate": 42}  # means of the 2026-12-03 smoke run, 1 thread
 _TINY_SECONDS = {"data": 2, "sft": 8, "distill": 10, "evaluate": 6}
 PAPER_PARAMS_B = {
@@ -343,15 +346,28 @@ def resolved_entry(
             {"role": role, "size": size, **dataclasses.asdict(sc.model(e.family, size))} for role, size in e.roles
         ],
         "retrain_one_step": retrain_one_step,
+        "preset": preset_of(sc.name, (overrides or {}).get("minillm")),  # its trained hops' (scales.PAPER_PRESETS)
         "stages": stages,
     }
+
+
+def _preset_text(plan: Plan) -> str:
+    """ ", hop preset authors" when the scale has presets (paper), naming the one the plan's hops take."""
+    sc = scales.scale(plan.scale)
+    if not sc.presets:
+        return ""
+    given = plan.overrides.get("minillm") or {}
+    name = preset_of(sc.name, given)
+    return f", hop preset {name}" + (
+        " with --set minillm overrides" if given != preset_overrides(sc.name, name) else ""
+    )
 
 
 def describe(plan: Plan, run_dir: Path) -> str:
     """The plan as a table (status, kind, stage directory, estimated cost, inputs) with totals: stage counts by
     status and the estimated cost of the stages still to run."""
     lines = [
-        f"plan: {len(plan.stages)} stages at scale {plan.scale} (run dir {run_dir})",
+        f"plan: {len(plan.stages)} stages at scale {plan.scale}{_preset_text(plan)} (run dir {run_dir})",
         f"{'status':<8} {'kind':<9} {'stage':<48} {'cost':<18} inputs",
     ]
     names = {s.id: s.name for s in plan.stages.values()}

@@ -35,17 +35,20 @@ from benchmark import BenchmarkError, data, indexed, registry, scales, synthetic
 REHEARSAL_VAR = "BENCHMARK_REHEARSAL_HF_HOME"
 MARKER = "rehearsal.json"
 TARGETS = ("table1", "table2", "table3", "table4")
-# Small where the paper is big, nothing else: 8 rollouts x 4 PPO epochs / batch 4 = 8 steps, one phase per hop,
-# validated at steps 0, 4 and 8 (selection runs), a PT batch each step; one seed of 4 test prompts per evaluation.
-# fp32 because the paper's fp16 (ZeRO-1 fp16) is a GPU path; prompt (256) and PT (512) lengths stay the paper's.
-# TODO(issue 14 items 2-4): add `--preset authors` here once the presets exist, and perplexity_text's scorer.
+# Small where the paper is big, nothing else: the default `authors` preset (scales.PAPER_PRESETS) shrunk to 8
+# rollouts x 4 PPO epochs / batch 4 = 8 steps, one phase per hop, whitened in 2 groups of 2 rollouts, validated at
+# steps 0, 4 and 8 with only step 8 a selection candidate (4 is recorded as the best of the validations), a PT batch
+# each step; one seed of 4 test prompts per evaluation, perplexity_text under the family's text scorer. fp32
+# because the paper's fp16 (ZeRO-1 fp16) is a GPU path; prompt (256) and PT (512) lengths stay the paper's.
 REHEARSAL_OVERRIDES = {
     "minillm": {
         "total_steps": 8,
         "rollouts_per_phase": 8,
         "batch_size": 4,
+        "whiten_group_size": 2,
         "warmup_steps": 2,
         "eval_interval": 4,
+        "select_interval": 8,
         "val_examples": 4,
         "checkpoint_interval": 8,
         "generation": {"max_new_tokens": 16},

@@ -99,6 +99,13 @@ METRICS: dict[str, dict] = {
         "under a fixed scorer (the family's SFT teacher) given the prompt; one value per seed; the quantity the "
         "notebooks compare with the paper's perplexity tables (published-verification.md §4)",
     },
+    "perplexity_text": {
+        "higher_is_better": False,
+        "version": 1,
+        "description": "Hugging Face evaluate's perplexity of the decoded responses (the authors' definition): "
+        "BOS + the text under an external scorer (record's `scorer`), no prompt, mean over examples of exp(mean "
+        "NLL), empty responses left out; one value per seed (benchmark/text_perplexity.py)",
+    },
 }
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -375,6 +382,8 @@ SAMPLE_FIELDS = (
     "exact_match",
     "sample_nll",
     "sample_tokens",
+    "text_nll",  # perplexity_text's per-example NLL and tokens; null where it was not computed
+    "text_tokens",
     "gold_nll",
     "gold_tokens",
 )
@@ -432,7 +441,7 @@ def read_samples(path_or_dir, *, overrides=None, scale: str | None = None):
 
     records = read(path_or_dir, overrides=overrides, scale=scale)
     run_dir = _resolve(path_or_dir).parent
-    columns = [*SAMPLE_FIELDS, "scale", "log_ppl_samples", "log_ppl_gold"]
+    columns = [*SAMPLE_FIELDS, "scale", "log_ppl_samples", "log_ppl_gold", "log_ppl_text"]
     if scale is not None:
         records = records[records["scale"] == scale]
     if "created" in records:
@@ -455,4 +464,5 @@ def read_samples(path_or_dir, *, overrides=None, scale: str | None = None):
             df[col] = None
     df["log_ppl_samples"] = _log_ppl(df["sample_nll"].astype(float), df["sample_tokens"].astype(float))
     df["log_ppl_gold"] = _log_ppl(df["gold_nll"].astype(float), df["gold_tokens"].astype(float))
+    df["log_ppl_text"] = _log_ppl(df["text_nll"].astype(float), df["text_tokens"].astype(float))
     return df[columns + [c for c in df.columns if c not in columns]]

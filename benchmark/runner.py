@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark import BenchmarkError, registry, rehearsal, results, scales
-from benchmark.config import resolve
+from benchmark.config import KINDS, for_scale
 from benchmark.data import file_manifest, manifest_problems
 from benchmark.plan import CONFIG_KIND, DONE_FILE, Plan, Stage, stage_status, write_stage_spec
 
@@ -565,8 +565,8 @@ def execute_stage(stage_dir: Path) -> None:
 def _execute(stage_dir: Path) -> None:
     spec = json.loads((stage_dir / "stage.json").read_text())
     kind, inputs, cfg = spec["kind"], spec["inputs"], spec["config"]
-    # stage.json holds every field of the stage's config, so `resolve` rebuilds exactly the plan's config
-    settings = resolve(CONFIG_KIND[kind], spec["scale"], cfg[CONFIG_KIND[kind]]) if kind in CONFIG_KIND else None
+    # stage.json holds the stage's whole config (config.to_dict: a field it leaves out holds its class default)
+    settings = for_scale(KINDS[CONFIG_KIND[kind]], cfg[CONFIG_KIND[kind]]) if kind in CONFIG_KIND else None
     t0 = time.time()
     if kind == "data":
         _execute_data(spec, stage_dir)
@@ -590,8 +590,7 @@ def _execute(stage_dir: Path) -> None:
         from benchmark.data import load_prepared
         from benchmark.evaluate import evaluate_model
 
-        tmp = stage_dir / ".records.jsonl.tmp"
-        samples_tmp = stage_dir / ".samples.jsonl.tmp"
+        tmp, samples_tmp = stage_dir / ".records.jsonl.tmp", stage_dir / ".samples.jsonl.tmp"
         tmp.unlink(missing_ok=True)
         samples_tmp.unlink(missing_ok=True)
         records = evaluate_model(
@@ -599,6 +598,7 @@ def _execute(stage_dir: Path) -> None:
             load_prepared(inputs["data"]),
             settings,
             scorer=inputs["scorer"],
+            text_scorer=cfg.get("text_scorer"),
             entry=spec["entry"],
             scale=spec["scale"],
             stage=spec["id"],

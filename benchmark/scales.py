@@ -139,6 +139,11 @@ class Scale:
     # `minillm` lr for every hop
     minillm_lr_per_sft_lr: float | None = None
     evaluation: dict = field(default_factory=dict)
+    # named hop settings (`--preset NAME`, MiniLLMConfig values); `minillm` above is the default preset's
+    presets: dict[str, dict] = field(default_factory=dict)
+    default_preset: str | None = None
+    # family -> the external model `perplexity_text` scores decoded responses with (evaluate stages; none: not computed)
+    text_scorer: dict[str, str] = field(default_factory=dict)
     why: str = ""
 
     def model(self, family: str, size: str) -> ModelSpec:
@@ -196,6 +201,25 @@ _PAPER_SFT = {
 }
 
 
+# The hop settings a paper-scale run can take (`--preset NAME` on plan/run/reproduce/show), as MiniLLMConfig values
+# over its defaults, which are the MiniLLM paper's. `authors` is paper scale's default (`reproduce_table1..4`).
+PAPER_PRESETS = {
+    # The seed paper's authors' runs (GAEUNYIM/LMOps-TA-Distillation at 013aff3, MiniLLM/scripts/gpt2/ours/
+    # ours_train_gpt2_760M_to_340M.sh and ours_train_opt_2.7B_to_1.3B.sh): 4 GPUs x --batch-size 2 x
+    # --gradient-accumulation-steps 2 = global batch 16, so 256 rollouts x 4 PPO epochs / 16 = 64 steps per phase;
+    # the reference whitens per micro-step over 2 rollouts x 4 ranks = 8; --save-interval 500 (with
+    # --eval-interval 100), so a run could only pick among the models saved every 500 steps and the last one.
+    # Everything else is MiniLLMConfig's default there too (lr 5e-6, warmup 100, 5000 steps, --dev-num 1000, kd 0.5).
+    "authors": dict(batch_size=16, whiten_group_size=8, select_interval=500),
+    # MiniLLM's paper (App. B.1, ref §2.3): global batch 64, 256 rollouts per phase, 4 PPO epochs = 16 steps per
+    # phase, whitening over the mini-batch, the best of the validations every 100 steps: MiniLLMConfig's defaults.
+    "minillm": {},
+}
+# HF `evaluate`'s perplexity metric scores with a model it is given (model_id); the authors passed 'opt', a local
+# directory not in their repository, so their scorer is unknown. Ours: each family's smallest pretrained model.
+PAPER_TEXT_SCORER = {"gpt2": "openai-community/gpt2", "opt": "facebook/opt-1.3b"}
+
+
 def _built(arch: Arch, dims: dict[str, tuple[int, int, int, float]]) -> dict[str, ModelSpec]:
     return {
         s: ModelSpec(arch=arch, size=s, n_layer=L, n_embd=d, n_head=h, sft_lr=lr) for s, (L, d, h, lr) in dims.items()
@@ -211,6 +235,10 @@ SCALES: MappingProxyType[str, Scale] = MappingProxyType(
             models=_paper_models(),
             data="dolly",
             sft_by_size=_PAPER_SFT,
+            minillm=PAPER_PRESETS["authors"],
+            presets=PAPER_PRESETS,
+            default_preset="authors",
+            text_scorer=PAPER_TEXT_SCORER,
         ),
         "small": Scale(
             name="small",

@@ -61,6 +61,7 @@ MINILLM = {
     "gamma": 0.95,  # ref §1.3 "Advantage": argparse default 0.95, no script sets --gamma
     "length_normalization": True,  # ref §1.3 "Advantage": applied unconditionally
     "whiten_include_padding": True,  # ref §1.3 "Advantage": whitening over every element of B x 256, padding too
+    "whiten_group_size": None,  # MiniLLM paper: the mini-batch of 64 (the authors' preset: 8, scales.PAPER_PRESETS)
     "policy_gradient": True,  # ref §1.3 "RL loss": rl_loss = pg_loss + reg_loss
     "cliprange": 0.2,  # ref §1.3 `_pg_loss` / §2.1 defaults in force: cliprange 0.2; paper B.1 clip 0.2
     "single_step": True,  # ref §2.1 --single-step-reg on
@@ -70,6 +71,7 @@ MINILLM = {
     "kd_ratio": 0.5,  # ref §1.3 "PT loss" / §2.1 --kd-ratio 0.5; paper §4 "weight of the distillation loss"
     "pt_seq_length": 512,  # ref §4.2: 512-token PT chunks
     "eval_interval": 100,  # ref §2.1 --eval-interval 100
+    "select_interval": None,  # MiniLLM paper: best of every validation (the authors' preset: their 500-step saves)
     "val_examples": 1000,  # ref §2.1 --dev-num 1000
     "checkpoint_interval": 500,  # ref §2.1 --save-interval 500
     "seed": 10,  # ref §2.1 --seed 10
@@ -312,6 +314,8 @@ RANGES = [
     (MiniLLMConfig, "gamma", [0, 1.01], [1e-3, 1]),
     (MiniLLMConfig, "cliprange", [0, -0.2], [1e-3]),
     (MiniLLMConfig, "kl_chunk_size", [0], [1, None]),
+    (MiniLLMConfig, "whiten_group_size", [0], [1, None]),
+    (MiniLLMConfig, "select_interval", [0], [100, None]),
     (MiniLLMConfig, "pt_coef", [-0.1], [0]),
     (MiniLLMConfig, "kd_ratio", [-0.1, 1.01], [0, 1]),
     (MiniLLMConfig, "pt_seq_length", [0], [1]),
@@ -370,6 +374,16 @@ def test_checks_between_fields():
             "MiniLLMConfig.single_step must be true when policy_gradient is false (at least one loss term must be on), "
             "got False",
         ),
+        (
+            MiniLLMConfig,
+            {"whiten_group_size": 5},
+            "MiniLLMConfig.whiten_group_size must be a divisor of batch_size (64), or null, got 5",
+        ),
+        (
+            MiniLLMConfig,
+            {"select_interval": 150},
+            "MiniLLMConfig.select_interval must be a multiple of eval_interval (100), or null, got 150",
+        ),
         (EvalConfig, {"seeds": []}, "EvalConfig.seeds must be a non-empty list of integers >= 0, got ()"),
     ]
     for cls, overrides, message in cases:
@@ -386,6 +400,42 @@ def test_json_values_are_normalised_without_changing_hashes():
     lr = config.for_scale(MiniLLMConfig, {"lr": 1, "betas": [0, 0.5]})
     assert lr.lr == 1 and type(lr.lr) is int and lr.betas == (0, 0.5)  # kept as written: hashes read them so
     hash(lr)  # frozen configs stay hashable (no lists inside)
+
+
+def test_fields_added_later_are_left_out_of_stage_configs_at_their_default():
+    """config.ADDED_FIELD: whiten_group_size and select_interval appear in a config's dict (and so in its stage's
+    id) only when set, so the tiny and small hops, which leave them at None, keep the ids of before the fields."""
+    cfg = MiniLLMConfig()
+    assert {"whiten_group_size", "select_interval"}.isdisjoint(config.to_dict(cfg))
+    assert config.for_scale(MiniLLMConfig, config.to_dict(cfg)) == cfg
+    grouped = MiniLLMConfig(batch_size=16, whiten_group_size=8, select_interval=500)
+    assert config.to_dict(grouped)["whiten_group_size"] == 8 and config.to_dict(grouped)["select_interval"] == 500
+    assert config.for_scale(MiniLLMConfig, config.to_dict(grouped)) == grouped
+    assert config.config_hash(grouped) != config.config_hash(dataclasses.replace(grouped, whiten_group_size=None))
+    for scale in ("tiny", "small"):
+        assert {"whiten_group_size", "select_interval"}.isdisjoint(config.to_dict(config.resolve("minillm", scale)))
+
+
+def test_paper_hops_take_the_authors_preset_and_minillm_is_one_option_away():
+    """scales.PAPER_PRESETS: paper scale's hops default to the authors' scripts (global batch 16 = 64 steps per
+    phase, whitening over 8 rollouts, selection among the 500-step saves); `--preset minillm` restores MiniLLM's
+    (batch 64, 16 steps per phase); `--set` wins over a preset; other scales have no presets."""
+    authors = config.resolve("minillm", "paper", config.run_overrides("paper", None, None).get("minillm"))
+    assert (authors.batch_size, authors.steps_per_phase, authors.whiten_group_size) == (16, 64, 8)
+    assert (authors.select_interval, authors.eval_interval, authors.rollouts_per_phase) == (500, 100, 256)
+    assert config.run_overrides("paper", "authors", None) == {}
+    minillm = config.resolve("minillm", "paper", config.run_overrides("paper", "minillm", None)["minillm"])
+    assert minillm == MiniLLMConfig() and minillm.steps_per_phase == 16
+    mixed = config.run_overrides("paper", "minillm", ['minillm={"batch_size": 32}', 'evaluation={"batch_size": 4}'])
+    assert mixed["minillm"]["batch_size"] == 32 and mixed["minillm"]["select_interval"] is None
+    assert mixed["evaluation"] == {"batch_size": 4}
+    minillm_values = config.preset_overrides("paper", "minillm")
+    assert config.preset_of("paper", {}) == "authors" and config.preset_of("paper", minillm_values) == "minillm"
+    assert config.preset_of("paper", {"lr": 1e-5}) == "authors"  # the default preset, overridden
+    assert config.preset_of("paper", minillm_values | {"lr": 1e-5}) == "minillm"
+    assert config.preset_of("small", {}) is None
+    with pytest.raises(config.ConfigError, match="scale 'small' has no preset 'authors'.*paper scale's"):
+        config.run_overrides("small", "authors", None)
 
 
 def test_scales_and_defaults_validate():
@@ -423,7 +473,8 @@ def test_resolve_merges_nested_overrides_into_the_scales_nested_values():
     assert cfg.total_steps == 128 and cfg.warmup_steps == 8  # the scale's other values stay
     ev = config.resolve("evaluation", "small", {"generation": {"top_k": 5}})
     assert ev.generation == GenerationSettings(max_new_tokens=48, no_repeat_ngram_size=6, top_k=5)  # ref §5.1 stays
-    assert config.resolve("minillm", "paper") == MiniLLMConfig()  # paper scale overrides nothing
+    # paper scale overrides nothing but what its default preset sets (the authors' batch, groups and selection)
+    assert config.resolve("minillm", "paper") == MiniLLMConfig(**scales.PAPER_PRESETS["authors"])
 
 
 def test_resolve_sft_takes_the_models_lr_and_the_roles_selection():
@@ -543,18 +594,23 @@ def test_the_runner_executes_the_config_of_the_stage_in_the_plan(monkeypatch, tm
     plan = build_plan(["gpt2/1.5B>760M"], "tiny", overrides={"minillm": {"generation": {"temperature": 0.9}}})
     got = []
 
-    def resolve(*args, **kwargs):
-        got.append(config.resolve(*args, **kwargs))
+    def for_scale(*args, **kwargs):
+        got.append(config.for_scale(*args, **kwargs))
         raise _Stop
 
-    monkeypatch.setattr(runner, "resolve", resolve)
-    for stage in plan.stages.values():
-        if stage.kind == "data":
-            continue
+    monkeypatch.setattr(runner, "for_scale", for_scale)
+    # at paper scale under the minillm preset too: fields at their class default are left out of stage.json and
+    # must come back as that default, not as the scale's (authors') value
+    paper = build_plan(["gpt2/1.5B>760M>120M"], "paper", overrides=config.run_overrides("paper", "minillm", None))
+    hops = [s for s in paper.stages.values() if s.kind == "distill" and not s.source]
+    assert hops and all("whiten_group_size" not in s.config["minillm"] for s in hops)
+    stages = [(s, plan) for s in plan.stages.values() if s.kind != "data"] + [(s, paper) for s in hops]
+    for stage, of in stages:
         with pytest.raises(_Stop):
-            runner.execute_stage(write_stage_spec(stage, plan, tmp_path))
+            runner.execute_stage(write_stage_spec(stage, of, tmp_path))
         key = {"sft": "sft", "distill": "minillm", "evaluate": "evaluation"}[stage.kind]
         assert config.to_dict(got.pop()) == stage.config[key]
+    assert got == [] and config.for_scale(MiniLLMConfig, hops[0].config["minillm"]).whiten_group_size is None
 
 
 @pytest.mark.parametrize(

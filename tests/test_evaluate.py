@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from benchmark import engine, evaluate, results
+from benchmark import engine, evaluate, results, text_perplexity
 from benchmark.config import EvalConfig
 from benchmark.evaluate import (
     EvaluationError,
@@ -286,6 +286,7 @@ def test_evaluate_model_records(saved_models, tiny_gpt2, tiny_tokenizer, tmp_pat
         scorer = type(tiny_gpt2)(tiny_gpt2.config).eval()
     teacher = tmp_path / "scorer"
     scorer.save_pretrained(teacher)
+    tiny_tokenizer.save_pretrained(teacher)  # perplexity_text loads the scorer's own tokenizer
     exs = _examples(tiny_tokenizer)
     data = FakeData(exs, tiny_tokenizer)
     cfg = _cfg(seeds=(10, 20), num_examples=4, batch_size=3)
@@ -294,6 +295,7 @@ def test_evaluate_model_records(saved_models, tiny_gpt2, tiny_tokenizer, tmp_pat
         data,
         cfg,
         scorer=teacher,
+        text_scorer=str(teacher),
         entry="gpt2/1.5B>120M",
         scale="tiny",
         stage="s1",
@@ -318,9 +320,16 @@ def test_evaluate_model_records(saved_models, tiny_gpt2, tiny_tokenizer, tmp_pat
     samples = [perplexity_samples(scorer, exs[:4], i, eos_token_id=eos, max_prompt_length=32) for i in ids]
     assert by["perplexity_samples"]["values"] == pytest.approx(samples, rel=1e-5)
     assert by["perplexity_samples"]["scorer"]["path"] == str(teacher.resolve())
+    decoded = [
+        [postprocess(tiny_tokenizer.decode(r, skip_special_tokens=True), tiny_tokenizer.eos_token) for r in i]
+        for i in ids
+    ]
+    text = [text_perplexity.mean_perplexity(text_perplexity.text_nll(scorer, tiny_tokenizer, t)) for t in decoded]
+    assert by["perplexity_text"]["values"] == pytest.approx(text, rel=1e-5)
+    assert by["perplexity_text"]["scorer"]["path"] == str(teacher.resolve())
     assert by["rouge_l"]["model"]["sha256"] and by["rouge_l"]["settings"]["generation"]["no_repeat_ngram_size"] == 6
     df = results.read(tmp_path / "run")
-    assert len(df) == 5 and set(df["entry"]) == {"gpt2/1.5B>120M"} and set(df["stage"]) == {"s1"}
+    assert len(df) == 6 and set(df["entry"]) == {"gpt2/1.5B>120M"} and set(df["stage"]) == {"s1"}
 
 
 def test_samples_reproduce_every_record(saved_models, tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
@@ -333,6 +342,7 @@ def test_samples_reproduce_every_record(saved_models, tiny_gpt2, tiny_tokenizer,
         torch.manual_seed(5)
         scorer = type(tiny_gpt2)(tiny_gpt2.config).eval()
     scorer.save_pretrained(tmp_path / "scorer")
+    tiny_tokenizer.save_pretrained(tmp_path / "scorer")
     eos = tiny_tokenizer.eos_token_id
     exs = _examples(tiny_tokenizer) + [Ex("say nothing", "", tiny_tokenizer.encode("say nothing"), [eos])]
     real = evaluate._sample_ids
@@ -350,6 +360,7 @@ def test_samples_reproduce_every_record(saved_models, tiny_gpt2, tiny_tokenizer,
         FakeData(exs, tiny_tokenizer),
         cfg,
         scorer=tmp_path / "scorer",
+        text_scorer=str(tmp_path / "scorer"),
         entry="gpt2/1.5B>120M",
         stage="s1",
         samples_path=path,
@@ -370,6 +381,7 @@ def test_samples_reproduce_every_record(saved_models, tiny_gpt2, tiny_tokenizer,
     assert isinstance(first["prediction"], str) and first["sample_tokens"] > 0 and first["gold_tokens"] > 0
     empty = lines[1]
     assert (empty["prediction"], empty["rouge_l"], empty["sample_nll"], empty["sample_tokens"]) == ("", 0.0, 0.0, 0)
+    assert (empty["text_nll"], empty["text_tokens"]) == (0.0, 0)
     assert (lines[5]["gold_nll"], lines[5]["gold_tokens"]) == (0.0, 0)  # an empty gold response
     df = pd.DataFrame(lines)
     for k, seed in enumerate(cfg.seeds):
@@ -380,6 +392,10 @@ def test_samples_reproduce_every_record(saved_models, tiny_gpt2, tiny_tokenizer,
         assert 1 not in set(scored["example"]) and len(scored) >= 2
         ppl = (scored["sample_nll"] / scored["sample_tokens"]).map(math.exp).mean()
         assert ppl == pytest.approx(by["perplexity_samples"][k], rel=1e-12)
+        texts = one[one["text_tokens"] > 0]
+        assert 1 not in set(texts["example"])  # the empty response has no text token either
+        ppl_text = (texts["text_nll"] / texts["text_tokens"]).map(math.exp).mean()
+        assert ppl_text == pytest.approx(by["perplexity_text"][k], rel=1e-12)
     gold = df[df["seed"] == 10]
     assert (
         gold[["gold_nll", "gold_tokens"]].values.tolist()

@@ -144,6 +144,27 @@ def test_whiten_valid_only_matches_numpy():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("include_padding", [True, False])
+def test_whiten_in_groups_is_whitening_each_group_alone(include_padding):
+    """MiniLLMConfig.whiten_group_size: groups of consecutive rows each get their own statistics (the reference's
+    per-micro-step all-reduce), computed here by hand per group; one group of every row is plain whitening."""
+    g = torch.Generator().manual_seed(3)
+    mask = _prefix_mask([6, 2, 5, 1, 4, 3], 6)
+    values = (torch.randn(6, 6, generator=g) * 2 + 0.7) * mask
+    values[3:] += 4.0  # the second group has another mean, so one set of statistics would not whiten it
+    got = L.whiten(values, mask, include_padding=include_padding, group_size=3)
+    for rows in (slice(0, 3), slice(3, 6)):
+        x, m = values[rows].double().numpy(), mask[rows].numpy().astype(bool)
+        counted = x if include_padding else x[m]
+        expected = (x - counted.mean()) / np.sqrt(counted.var() + 1e-8)
+        np.testing.assert_allclose(got[rows].numpy(), expected, rtol=1e-6, atol=1e-6)
+    whole = L.whiten(values, mask, include_padding=include_padding)
+    assert torch.equal(L.whiten(values, mask, include_padding=include_padding, group_size=6), whole)
+    assert not torch.allclose(got, whole)
+    with pytest.raises(ValueError, match="groups of 4"):
+        L.whiten(values, mask, include_padding=include_padding, group_size=4)
+
+
 # --------------------------------------------------------------------------- PPO clipped surrogate
 
 
