@@ -217,7 +217,7 @@ def _plan(args: argparse.Namespace) -> tuple[Plan, Path]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    print(cluster.describe(*_plan(args), args.executor, args.cluster, args.slurm))
+    print(cluster.describe(*_plan(args), args.executor, args.cluster, args.slurm, args.nodes, args.hostfile))
     return 0
 
 
@@ -234,12 +234,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner.preflight(args.scale)
     plan, run_dir = _plan(args)
     redo = runner.resolve_redo(plan, args.redo or [])
-    print(cluster.describe(plan, run_dir, args.executor, args.cluster, args.slurm))
+    print(cluster.describe(plan, run_dir, args.executor, args.cluster, args.slurm, args.nodes, args.hostfile))
     if args.dry_run:
         return 0
-    ex = cluster.executor(args.executor, args.cluster, args.slurm, args.scale)
+    ex = cluster.executor(args.executor, args.cluster, args.slurm, args.scale, args.nodes, args.hostfile)
+    opts = dict(
+        jobs=args.jobs, prune_checkpoints=args.prune_checkpoints, redo=redo, executor=ex, hostfile=args.hostfile
+    )
     try:
-        runner.run_plan(plan, run_dir, jobs=args.jobs, prune_checkpoints=args.prune_checkpoints, redo=redo, executor=ex)
+        runner.run_plan(plan, run_dir, **opts)
     except BrokenPipeError:  # `run ... | head`: the reader left; main exits quietly
         raise
     except OSError as exc:
@@ -567,7 +570,7 @@ def _add_run_verbs(sub) -> None:
     p.set_defaults(func=cmd_stage)
     p = sub.add_parser("_guard")
     p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: runner.guard(args.command))
+    p.set_defaults(func=lambda args: cluster.guard(args.command))
 
 
 def _add_notebooks(sub) -> None:

@@ -56,7 +56,9 @@ class Dist:
 
 
 def init_distributed() -> Dist:
-    """Single process without a launcher, or one rank of `deepspeed`/`torchrun`. CPU uses gloo."""
+    """Single process without a launcher, or one rank of `deepspeed`/`torchrun`, or one task of a job spanning nodes
+    (cluster.StageJob exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the allocation: the same
+    env:// rendezvous). CPU uses gloo."""
     lone = int(os.environ.get("WORLD_SIZE", "1")) == 1  # no launcher, or a launcher with one process
     for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0").items():
         os.environ.setdefault(k, v)

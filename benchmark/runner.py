@@ -33,6 +33,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -193,13 +194,14 @@ def _gpu_groups(gpus: int, jobs: int) -> list[list[str]]:
     return [ids[i * k : (i + 1) * k] for i in range(jobs)]
 
 
-def _command(stage: Stage, stage_dir: Path, gpu_group: list[str]) -> list[str]:
-    if gpu_group and stage.kind in ("sft", "distill"):
-        # The launcher takes its GPUs from CUDA_VISIBLE_DEVICES (see _stage_env); a port of its own per stage, so
-        # stages running side by side on one node do not meet at the launcher's default port.
-        launcher = ["deepspeed", "--master_port", str(free_port()), "--module", "benchmark", "_stage", str(stage_dir)]
+def _command(stage: Stage, stage_dir: Path, gpu_group: list[str], hostfile: Path | None = None) -> list[str]:
+    if stage.kind in ("sft", "distill") and (gpu_group or hostfile):
+        # The launcher takes its GPUs from CUDA_VISIBLE_DEVICES (see _stage_env), or from the hostfile's hosts; a port
+        # of its own per stage, so stages running side by side on one node do not meet at the launcher's default port.
+        hosts = ["--hostfile", str(hostfile)] if hostfile else []
+        launcher = ["deepspeed", *hosts, "--master_port", str(free_port()), "--module", "benchmark"]
         # the launcher is not ours: a guard that dies with the runner takes the launcher and its ranks with it
-        return [sys.executable, "-m", "benchmark", "_guard", *launcher]
+        return [sys.executable, "-m", "benchmark", "_guard", *launcher, "_stage", str(stage_dir)]
     return [sys.executable, "-m", "benchmark", "_stage", str(stage_dir)]
 
 
@@ -312,16 +314,20 @@ def run_plan(
     progress: bool = True,
     redo: set[str] = frozenset(),
     executor=None,
+    hostfile: Path | None = None,
 ) -> dict[str, str]:
     """Run every stage not yet done; returns stage id -> final status. Raises RunError listing failed stages
     (with their logs and what to do) after every runnable stage has finished; finished stages are kept.
 
     Finished stages are verified against their DONE.json manifests first: a damaged one is moved to RUN/attic and
-    run again, as are the stages in `redo` (see `resolve_redo`). `executor` (cluster.py) runs stages as jobs."""
+    run again, as are the stages in `redo` (see `resolve_redo`). `executor` (cluster.py) runs stages as jobs;
+    `hostfile` (local stages, cluster.read_hostfile) runs trained stages across its hosts, one stage at a time."""
     run_dir = Path(run_dir)
     gpus = 0 if executor else _gpus()  # a job gets its GPUs from its allocation
     cores = os.cpu_count() or 1
-    jobs = jobs or (len(plan.stages) if executor else 1 if gpus else cores)
+    jobs = jobs or (len(plan.stages) if executor else 1 if gpus or hostfile else cores)
+    if hostfile and jobs > 1:  # every trained stage takes every GPU of the hostfile
+        raise RunError(f"--hostfile runs each trained stage on every GPU {hostfile} lists: use --jobs 1")
     free_groups = _gpu_groups(gpus, jobs) if gpus else [[] for _ in range(jobs)]
     priority = _critical_path(plan)
     failed: dict[str, str] = {}
@@ -363,7 +369,8 @@ def run_plan(
                         continue
                     stage_dir = _write_spec(stage, plan, run_dir)
                     status[sid] = "running"
-                    group, run = free_groups.pop(), executor.run_stage if executor else run_stage
+                    group = free_groups.pop()
+                    run = executor.run_stage if executor else partial(run_stage, hostfile=hostfile)
                     running[pool.submit(run, stage, stage_dir, group, threads)] = (sid, group)
                 if not running:
                     continue
@@ -432,11 +439,13 @@ def _critical_path(plan: Plan) -> dict[str, float]:
     return height
 
 
-def run_stage(stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int) -> str | None:
+def run_stage(
+    stage: Stage, stage_dir: Path, gpu_group: list[str], threads: int, hostfile: Path | None = None
+) -> str | None:
     """Run one stage in a subprocess; returns None on success or an actionable error message."""
     log = stage_dir / "log.txt"
     (stage_dir / FAILED_FILE).unlink(missing_ok=True)
-    cmd, env = _command(stage, stage_dir, gpu_group), _stage_env(threads, gpu_group)
+    cmd, env = _command(stage, stage_dir, gpu_group, hostfile), _stage_env(threads, gpu_group)
     with log.open("a") as fh:
         gpus = f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if gpu_group else ""
         fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}{gpus}\n")
@@ -763,38 +772,3 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if expected and not launched and os.getppid() != int(expected):
         sys.exit(f"the run (pid {expected}) that started this stage is gone; not starting")
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def guard(command: list[str]) -> int:
-    """Run a command (a launcher) in its own process group; when this guard is told to stop, or its parent dies,
-    stop the whole group (SIGTERM, SIGKILL 30 s later): `python -m benchmark _guard deepspeed ...`. The guard ends
-    as its command did: with its exit code, or killed by the same signal (so the runner's report can say so)."""
-    import threading
-
-    proc = None
-
-    def stop(signum, _frame):
-        if proc is None:  # the command has not started: nothing to stop
-            sys.exit(128 + signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        timer = threading.Timer(30, _kill_group, (proc.pid,))
-        timer.daemon = True
-        timer.start()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, stop)
-    die_with_parent()
-    os.environ.pop(PARENT_VAR, None)  # the launched ranks' parent is the launcher, not the runner
-    proc = subprocess.Popen(command, start_new_session=True)
-    code = proc.wait()
-    if code < 0:  # killed by a signal: die of the same one
-        with contextlib.suppress(OSError, ValueError):  # SIGKILL/SIGSTOP have no handler to reset
-            signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
-    return code
