@@ -56,15 +56,7 @@ from benchmark.engine import (
     write_summary,
 )
 from benchmark.evaluate import SEQUENCE_KL_SEEDS, heldout_reverse_kl, sequence_reverse_kl, validate
-from benchmark.sampling import (
-    example_generators,
-    forward_logits,
-    response_logits,
-    response_width,
-    sample,
-    sample_prompts,
-    trim_left_padding,
-)
+from benchmark.sampling import forward_logits, response_logits, response_width, sample_prompts
 
 # ----------------------------------------------------------------------------------------------------------------
 # Rollouts
@@ -197,18 +189,26 @@ def collect_rollouts(
         row = torch.zeros(len(ids), dtype=torch.long, device=dist.device)  # numbered after the gather
         parts.append(Buffer(p_ids, p_mask, out.response_ids, mask, lq, w * mask + (1 - mask), r, row))
         stats["mixed_lens"].append(out.lengths.float())
-        if cfg.log_student_sample:
-            # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging
-            stu = sample(
-                student,
-                *trim_left_padding(p_ids, p_mask),
-                cfg.generation,
-                eos_token_id=eos_token_id,
-                generators=example_generators(cfg.seed + 1, ids),
-                mix_model=teacher,
-                mix_alpha=0.0,
-                return_logprobs=True,
-            )
+    if cfg.log_student_sample:
+        # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging. Decoded after
+        # the rollouts, by its own sample_prompts call: on a GPU each call holds one static decoder (caches for
+        # chunk_size x (max_prompt_length + max_new_tokens) of both models, its CUDA graphs) and frees it at its end,
+        # so a phase never holds two. Generators (seed + 1, draw id) and chunks as the rollouts'.
+        logged = sample_prompts(
+            student,
+            prompts,
+            draw_ids,
+            cfg.generation,
+            seed=cfg.seed + 1,
+            eos_token_id=eos_token_id,
+            max_prompt_length=cfg.max_prompt_length,
+            batch_size=chunk_size,
+            device=dist.device,
+            mix_model=teacher,
+            mix_alpha=0.0,
+            return_logprobs=True,
+        )
+        for _, _, _, stu in logged:
             stats["stu_lens"].append(stu.lengths.float())
             stats["rev_kl"].append(((stu.student_logprobs - stu.teacher_logprobs) * stu.response_mask).sum(-1))
     return _concat(parts), {k: torch.cat(v).mean().item() for k, v in stats.items() if v}

@@ -21,9 +21,11 @@ that rollouts, validation and evaluation share: pad, drop the all-padding column
     >>> out.response_ids.shape, out.response_mask.shape      # always [B, 64], pad = EOS after the first EOS
     (torch.Size([2, 64]), torch.Size([2, 64]))
 
-The step's maths (the mixture, the draw, the stored log-probs) is `decode_step`'s, shared with the static-cache path
-`static_decode.StaticDecoder` (static KV caches, one CUDA graph per step on a GPU), which `sample(..., cache="static")`
-and `sample_prompts(..., cache="static")` select; the dynamic-cache loop below stays the default.
+The step's maths (the mixture, the draw, the stored log-probs) is `decode_step`'s, shared by two loops: the
+dynamic-cache loop below and `static_decode.StaticDecoder` (static KV caches, one decode step replayed as a CUDA
+graph). `cache=None`, the default of `sample` and `sample_prompts` and so of rollouts, validation and evaluation,
+picks the static path on a CUDA device and this loop elsewhere (`decode_cache`); both draw the same tokens for the
+same generators (up to float summation order in the logits), so the choice needs no config field.
 
 Cache API (transformers 5.24): `DynamicCache(config=model.config)` passed as `cache=` with `use_cache=True`; the
 output's `.cache` is the updated cache (`past_key_values` is the deprecated name).
@@ -53,6 +55,7 @@ CACHES = ("dynamic", "static")  # sample(cache=...): HF DynamicCache loop, or st
 __all__ = [
     "CACHES",
     "SampleOutput",
+    "decode_cache",
     "example_generators",
     "forward_logits",
     "labelled_logits",
@@ -161,6 +164,21 @@ def example_generators(seed: int, example_ids: list[int]) -> list[torch.Generato
     return gens
 
 
+def decode_cache(cache: str | None, device, models) -> str:
+    """The decode loop a call runs: `cache` itself when given; None picks "static" when the prompts are on a CUDA
+    device (there the step is replayed as one CUDA graph, where the dynamic loop is launch-bound at the rollout
+    batch: issue #18) and no model in `models` is a ZeRO-3 shard (its forward gathers parameters from the other
+    ranks, which a graph cannot record), and "dynamic" otherwise (on a CPU the static step runs eagerly and gains
+    nothing)."""
+    if cache is None:
+        on_cuda = torch.device(device).type == "cuda"
+        sharded = on_cuda and any(hasattr(p, "ds_numel") for m in models if m is not None for p in m.parameters())
+        return "static" if on_cuda and not sharded else "dynamic"
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r}; use one of {CACHES} or None (static on a CUDA device)")
+    return cache
+
+
 class _Incremental:
     """A model decoding step by step with its own KV cache, attention mask and explicit position ids."""
 
@@ -206,7 +224,7 @@ def sample(
     mix_alpha: float = 0.0,
     return_logprobs: bool = False,
     compact: bool = True,
-    cache: str = "dynamic",
+    cache: str | None = None,
 ) -> SampleOutput:
     """Decode up to `settings.max_new_tokens` tokens from left-padded prompts (pad = EOS).
 
@@ -216,16 +234,15 @@ def sample(
     `mix_model`, the teacher's log p(y_t) over the full vocabulary, no temperature, no processors (ref §1.3 step 2),
     both read from the step logits (no extra forward).
     `compact=False` keeps finished rows in the decoding batch to the end (the benchmark's "before"; same outputs).
-    `cache="static"` decodes with `static_decode.StaticDecoder` instead (static KV caches, one CUDA graph per step
-    on a GPU; finished rows in bucketed batch sizes, or masked with `compact=False`): the same tokens for the same
-    generators. The default "dynamic" is the loop below.
+    `cache`: "dynamic" is the loop below; "static" decodes with a new `static_decode.StaticDecoder` of these shapes
+    (static KV caches, one CUDA graph per step on a GPU; finished rows in bucketed batch sizes, or masked with
+    `compact=False`), the same tokens for the same generators; None (default) picks by device (`decode_cache`).
+    A static decoder captures its graphs on first use: decode many batches through `sample_prompts`, which keeps one.
     """
     B, T = prompt_ids.shape[0], settings.max_new_tokens
     if generators is not None and len(generators) != B:
         raise ValueError(f"{len(generators)} generators for {B} rows")
-    if cache not in CACHES:
-        raise ValueError(f"cache={cache!r}; use one of {CACHES}")
-    if cache == "static":
+    if decode_cache(cache, prompt_ids.device, (model, mix_model)) == "static":
         decoder = StaticDecoder(
             model,
             settings,
@@ -310,7 +327,7 @@ def sample_prompts(
     mix_model=None,
     mix_alpha: float = 0.0,
     return_logprobs: bool = False,
-    cache: str = "dynamic",
+    cache: str | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, SampleOutput]]:
     """The one generation loop (rollouts, validation, the KL measures, test-time evaluation): `prompts` in batches
     of `batch_size`, each left-padded with EOS to `max_prompt_length` (longer prompts keep their first tokens, ref
@@ -318,18 +335,18 @@ def sample_prompts(
     the generator of (seed, example_ids[i]). An example's tokens therefore depend on the seed, its id and the
     model only, never on the batch. Yields (the batch's example ids, its prompt ids, prompt mask, SampleOutput)
     with the prompts padded to max_prompt_length, as rollouts store them.
-    `cache="static"`: one `static_decode.StaticDecoder` of batch_size rows and max_prompt_length prompt columns
-    decodes every batch (static shapes: no trimming; its CUDA graphs are captured once per call)."""
+    `cache` as in `sample` (None: static on a CUDA device). The static path decodes every batch with one
+    `static_decode.StaticDecoder` of min(batch_size, len(prompts)) rows and max_prompt_length prompt columns (static
+    shapes: no trimming), built here and released when the batches end: its caches and CUDA graphs serve the whole
+    call, and a caller that finishes one call before the next never holds two."""
     if len(prompts) != len(example_ids):
         raise ValueError(f"{len(example_ids)} example ids for {len(prompts)} prompts")
-    if cache not in CACHES:
-        raise ValueError(f"cache={cache!r}; use one of {CACHES}")
     decoder = None
-    if cache == "static":
+    if decode_cache(cache, device, (model, mix_model)) == "static" and len(prompts) > 0:
         decoder = StaticDecoder(
             model,
             settings,
-            rows=batch_size,
+            rows=min(batch_size, len(prompts)),
             prompt_length=max_prompt_length,
             eos_token_id=eos_token_id,
             mix_model=mix_model,
@@ -352,5 +369,6 @@ def sample_prompts(
             mix_model=mix_model,
             mix_alpha=mix_alpha,
             return_logprobs=return_logprobs,
+            cache="dynamic",
         )
         yield ids, p_ids, p_mask, out

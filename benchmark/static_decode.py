@@ -35,15 +35,28 @@ Finished rows (`finished`): "mask" keeps every row in the batch to the end (one 
 EOS and its outputs stay as they were). "bucket" moves the live rows to the front whenever they fit a smaller bucket
 (the powers of two below `rows`) and replays that bucket's graph, captured when first used, on the leading rows of
 the same buffers and caches: fewer rows read the caches, which are most of a step's bytes at long lengths.
-Either way the loop stops once every row has finished, as `sample` does. `benchmark.perf.gpu` times both.
+Either way the loop stops once every row has finished, as `sample` does. `benchmark.perf.decode` times both side by
+side (its `stopping` figures).
 
-Not supported: `no_repeat_ngram_size > 0` (the n-gram ban reads each row's whole sequence on the host every step;
-evaluation decodes with the dynamic loop).
+The n-gram ban of test-time sampling (`no_repeat_ngram_size`, ref §5.1) is Hugging Face's NoRepeatNGramLogitsProcessor
+computed on the device (`repeated_ngram_mask`) over a token buffer of the padded prompt and the tokens drawn so far.
+It bans what the dynamic loop's processor bans whenever a prompt's real tokens hold no EOS (pad = EOS): the extra
+left padding of a static prompt only adds n-grams that begin with EOS, and a live row's last n - 1 tokens begin with
+EOS only when they reach back into its padding, whose one occurrence is the row's own (EOS run, first real token).
+
+Memory: the caches hold rows x (prompt_length + max_new_tokens - 1) positions of both models for as long as the
+decoder lives, in the models' dtype: 2 (keys, values) x layers x width x rows x positions x bytes. At paper scale
+(GPT-2 1.5B teacher, 48 layers x 1600, and 120M student, 12 x 768; 256 + 256 tokens; bf16) that is 10.05 GB +
+1.21 GB = 11.25 GB at 64 rows (2.8 GB at 16), the size the dynamic loop's caches reach by the last token; OPT 6.7B >
+2.7B: 27.9 GB at 64 rows. Besides: two [rows, vocab] float32 logits buffers (26 MB at 64 rows of GPT-2's 50257) and
+each captured bucket's private pool of step intermediates (a few [rows, vocab] tensors each). Callers hold one
+decoder of a shape at a time: `sampling.sample_prompts` builds one per call and releases it when its batches end.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from transformers import StaticCache
@@ -59,7 +72,7 @@ from benchmark.decode_step import (
     row_uniforms,
 )
 
-__all__ = ["FINISHED", "StaticDecoder", "buckets"]
+__all__ = ["FINISHED", "StaticDecoder", "buckets", "repeated_ngram_mask"]
 
 FINISHED = ("bucket", "mask")
 
@@ -70,6 +83,25 @@ def buckets(rows: int, finished: str) -> list[int]:
     if finished == "mask":
         return [rows]
     return [1 << k for k in range(rows.bit_length()) if 1 << k < rows] + [rows]
+
+
+def repeated_ngram_mask(seq: torch.Tensor, length: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
+    """The tokens Hugging Face's NoRepeatNGramLogitsProcessor(n) bans, as a bool mask [rows, vocab_size]: per row, every
+    token that follows an earlier occurrence of the row's last n - 1 tokens, among its first `length` tokens of `seq`
+    [rows, width] (the n-grams wholly inside them). `length` is a one-element long tensor, read on the device only, so
+    a captured step can run this at every length."""
+    rows, width = seq.shape
+    mask = torch.zeros((rows, vocab_size), dtype=torch.bool, device=seq.device)
+    if width < n:
+        return mask
+    grams = seq.unfold(1, n, 1)  # [rows, width - n + 1, n]: every n-gram of the buffer, by start
+    inside = torch.arange(width - n + 1, device=seq.device) <= length - n
+    # the last n - 1 tokens (clamped indices when length < n - 1, where no n-gram is inside anyway)
+    last = seq.index_select(1, (length - (n - 1)).clamp(min=0) + torch.arange(n - 1, device=seq.device))
+    hit = (grams[..., :-1] == last[:, None, :]).all(-1) & inside
+    counts = torch.zeros((rows, vocab_size), dtype=torch.float32, device=seq.device)
+    counts.scatter_add_(1, grams[..., -1], hit.float())  # sums of 0/1: exact in any order
+    return counts > 0
 
 
 def _leading_rows(cache: StaticCache, n: int) -> StaticCache:
@@ -106,11 +138,6 @@ class StaticDecoder:
         finished: str = "bucket",
         graphs: bool | None = None,
     ):
-        if settings.no_repeat_ngram_size > 0:
-            raise ValueError(
-                f"no_repeat_ngram_size={settings.no_repeat_ngram_size}: the n-gram ban reads every row's whole "
-                "sequence on the host each step, which a static decode step cannot; decode with cache='dynamic'"
-            )
         if finished not in FINISHED:
             raise ValueError(f"finished={finished!r}; use one of {FINISHED}")
         if rows < 1 or prompt_length < 1:
@@ -124,7 +151,9 @@ class StaticDecoder:
         self.return_logprobs = return_logprobs
         self.rows, self.prompt_length, self.steps = rows, prompt_length, settings.max_new_tokens
         self.buckets = buckets(rows, finished)
-        self.procs = logits_processors(settings)
+        # the n-gram ban runs on the device (`repeated_ngram_mask`); the warpers never read the sequence
+        self.ngram = settings.no_repeat_ngram_size
+        self.procs = logits_processors(dataclasses.replace(settings, no_repeat_ngram_size=0))
         R, P, T, dev = rows, prompt_length, self.steps, self.device
         # The step's inputs and outputs, one row per slot (a slot holds a batch row, `slot_row`; -1 = none).
         # Updated in place only: a captured graph reads and writes these addresses.
@@ -139,6 +168,8 @@ class StaticDecoder:
         self.out_mask = torch.zeros((R, T), dtype=torch.float32, device=dev)
         self.out_lq = torch.zeros((R, T), dtype=torch.float32, device=dev)
         self.out_lp = torch.zeros((R, T), dtype=torch.float32, device=dev)
+        # the padded prompts and the tokens drawn so far: what the n-gram ban reads
+        self.seq = torch.full((R, P + T), eos_token_id, dtype=torch.long, device=dev) if self.ngram else None
         self.logits: list[torch.Tensor] = []  # per model [R, V] float32, allocated by the first prefill
         self.caches = [StaticCache(config=m.config, max_cache_len=P + T - 1) for m in self.models]
         self._views: dict[int, list[StaticCache]] = {}
@@ -152,8 +183,12 @@ class StaticDecoder:
         """Token t of the first n slots from the current logits, stored with its mask and log-probs."""
         s_logits = self.logits[0][:n]
         t_logits = self.logits[1][:n] if len(self.logits) > 1 else None
-        # The processors this decoder allows (temperature, top-k, top-p) never read the sequence argument.
-        probs = mixed_probs(self.procs, self.token[:n, None], s_logits, t_logits, self.mix_alpha)
+        s_in, t_in = s_logits, t_logits
+        if self.ngram:  # HF applies the ban first, to both models' logits, then the warpers
+            banned = repeated_ngram_mask(self.seq[:n], self.prompt_length + self.step, self.ngram, s_logits.shape[-1])
+            s_in = s_logits.masked_fill(banned, float("-inf"))
+            t_in = t_logits.masked_fill(banned, float("-inf")) if t_logits is not None else None
+        probs = mixed_probs(self.procs, self.token[:n, None], s_in, t_in, self.mix_alpha)
         if self.settings.do_sample:
             tok = inverse_cdf(probs, self.uniforms[:n].index_select(1, self.step).squeeze(1))
         else:
@@ -172,6 +207,8 @@ class StaticDecoder:
                 )
         done |= tok == self.eos
         self.token[:n] = tok
+        if self.seq is not None:
+            self.seq[:n].index_copy_(1, self.step + self.prompt_length, tok[:, None])
 
     def _forward(self, n: int) -> None:
         """Both models forward token t of the first n slots (position = real prompt tokens + t) into their caches."""
@@ -270,6 +307,7 @@ class StaticDecoder:
             self.out_lq,
             self.out_lp,
             *self.logits,
+            *([self.seq] if self.seq is not None else []),
         ]
         for buf in slot_buffers:
             buf[:live] = buf[keep]
@@ -298,6 +336,8 @@ class StaticDecoder:
         self.mask[:B, P - W : P] = prompt_mask
         self.mask[B:, P - 1] = 1
         self.mask[:, P:] = 1
+        if self.seq is not None:
+            self.seq[:, :P] = ids
         self.first_position.copy_(self.mask[:, :P].sum(-1))
         self.uniforms.zero_()
         if self.settings.do_sample:

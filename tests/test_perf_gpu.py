@@ -16,26 +16,31 @@ import pytest
 import torch
 
 from benchmark import minillm
-from benchmark.config import resolve
-from benchmark.perf import cpu, decode, gpu
+from benchmark.config import preset_overrides, resolve
+from benchmark.perf import cpu, decode, gpu, gpu_report
 from benchmark.sampling import SampleOutput
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = gpu.PAIRS[0]["name"]
 
 
+# The pairs are measured at MiniLLM's batch 64 (the `minillm` preset; paper scale's default is the authors' 16)
+MINILLM = resolve("minillm", "paper", preset_overrides("paper", "minillm"))
+
+
 def test_projection_is_the_stages_arithmetic():
     """Paper stage: 5000 / 16 = 312.5 phases; 256 rollouts at 10 s per 64 = 40 s; the first PPO epoch's 4 steps at
     2 s (teacher logits computed), the other 12 at 1 s (cached): 60 s a phase, 312.5 x 60 s = 5.21 h."""
-    cfg = resolve("minillm", "paper")
+    cfg = MINILLM
     p = gpu.project({"rows": 64, "seconds": 10.0}, {"step_s": 2.0, "cached_step_s": 1.0}, cfg)
     assert p["phases"] == 312.5 and p["rollout_s_per_phase"] == 40.0 and p["train_s_per_phase"] == 20.0
     assert p["hours_1gpu"] == pytest.approx(312.5 * 60 / 3600)
 
 
 def test_stage_config_is_the_papers():
-    """The measured config is resolve("minillm", "paper") but for precision and the micro-batch (memory only)."""
-    paper, cfg = resolve("minillm", "paper"), gpu.stage_config(16, dry=False)
+    """The measured config is the paper's under the minillm preset but for precision and the micro-batch (memory
+    only)."""
+    paper, cfg = MINILLM, gpu.stage_config(16, dry=False)
     assert (cfg.precision, cfg.micro_batch_size) == ("bf16", 16)
     for field in ("lr", "betas", "eps", "weight_decay", "grad_clip", "cliprange", "kd_ratio", "pt_coef", "batch_size"):
         assert getattr(cfg, field) == getattr(paper, field), field
@@ -48,7 +53,7 @@ def test_phase_split_is_the_stages_arithmetic():
     rollouts and the logged pure-student sample, log_student_sample) at 3 s = 24 s of rollouts, rescored at 0.5 s =
     2 s of scoring; 4 first-epoch steps at 2 s and 12 later ones at 1 s = 20 s of optimisation: 46 s a phase,
     312.5 phases = 3.99 h. Without a measured step the phase has rollouts and scoring only."""
-    cfg = resolve("minillm", "paper")
+    cfg = MINILLM
     assert cfg.log_student_sample and cfg.rollout_logprobs == "forward"
     p = decode.phase(cfg, 64, 3.0, 0.5, {"step_s": 2.0, "cached_step_s": 1.0})
     assert (p["rollouts_s"], p["scoring_s"], p["optimisation_s"], p["phase_s"]) == (24.0, 2.0, 20.0, 46.0)
@@ -89,7 +94,7 @@ def test_agreement_counts_rows_and_first_differences():
 def test_table1_trained_hops_come_from_the_plan():
     """Table 1's hops that a paper run trains (the one-step 1.5B hops are MiniLLM's released students): 340M -> 120M
     (two entries), 760M -> 120M, 760M -> 340M, each with its stage config; overrides merge field by field."""
-    hops = decode.table1_trained_hops({"batch_size": 4, "generation": {"max_new_tokens": 8}})
+    hops = decode.table1_trained_hops({"batch_size": 4, "whiten_group_size": 2, "generation": {"max_new_tokens": 8}})
     assert [(h["name"], len(h["stages"])) for h in hops] == [
         ("gpt2 340M>120M", 2),
         ("gpt2 760M>120M", 1),
@@ -97,16 +102,56 @@ def test_table1_trained_hops_come_from_the_plan():
     ]
     assert "distill-gpt2-1.5B_760M_340M_120M" in hops[0]["stages"]
     cfg, paper = hops[0]["config"], resolve("minillm", "paper")
-    assert (cfg.batch_size, cfg.generation.max_new_tokens) == (4, 8)
+    assert (cfg.batch_size, cfg.whiten_group_size, cfg.generation.max_new_tokens) == (4, 2, 8)
+    assert cfg.select_interval == paper.select_interval == 500  # the default authors preset's, kept
     assert (cfg.total_steps, cfg.generation.temperature, cfg.teacher_mixed_alpha) == (5000, 1.0, 0.2)
     assert cfg.rollouts_per_phase == paper.rollouts_per_phase
+
+
+def _report(**parts) -> dict:
+    """A perf-gpu JSON with nothing measured but what `parts` adds."""
+    return {
+        "created": "2026-12-01T10:00:00+00:00",
+        "command": None,
+        "dry_run": False,
+        "gpu": {"name": "NVIDIA H200", "memory_gib": 139.8},
+        "versions": {"torch": "2.11", "cuda": "13.0", "transformers": "5.24.0", "deepspeed": "0.18"},
+        "settings": {"planned_pairs": [p["name"] for p in gpu.PAIRS]},
+        "peak": None,
+        "pairs": [],
+        "wall_s": 12.0,
+    } | parts
+
+
+def test_markdown_says_not_measured_for_every_missing_row():
+    """A run killed early, or with pairs skipped: every planned GPU row is in the markdown, each without a figure
+    reads "not measured (why)", and no figure appears that the JSON does not hold."""
+    skipped = [{"pair": FIRST, "paper_report": "under 10 h on 4x V100", "status": "skipped (time budget)"}]
+    md = gpu_report.render_markdown(_report(pairs=skipped), "gpu-x.json")
+    assert md.startswith("# GPU run: NVIDIA H200, 2026-12-01")
+    lines = md.splitlines()
+    rows = [  # table rows, headers (the line above a |---| line) left out
+        line
+        for line, after in zip(lines, lines[1:] + [""])
+        if line.startswith("| ") and not line.startswith("|---") and not after.startswith("|---")
+    ]
+    assert rows and all("not measured" in r for r in rows), [r for r in rows if "not measured" not in r]
+    for key, label in gpu_report.DECODE_VARIANTS + gpu_report.STOPPING_VARIANTS + gpu_report.AGREEMENTS:
+        assert any(label in r and "not measured" in r for r in rows), key
+    for p in gpu.PAIRS:
+        assert any(r.startswith(f"| {p['name']} |") and "not measured" in r for r in rows), p["name"]
+    assert "not measured (skipped (time budget))" in md and "not selected with --pairs" in md
+    # a decode section that failed says why in its rows
+    failed = gpu_report.render_markdown(_report(decode={"status": "failed (RuntimeError: capture)"}), "gpu-x.json")
+    assert "not measured (failed (RuntimeError: capture))" in failed
 
 
 @pytest.mark.slow
 def test_dry_run_times_the_trainers_rollouts_and_step(tmp_path, monkeypatch):
     """In-process dry run of the first pair: counting wrappers see the engine of `minillm_engine` built from the
     stage config, `collect_rollouts` (a warm-up chunk, then the mini-batch) and `minillm_step` on that engine (a
-    warm-up, then a first-epoch and a later-epoch step) really called."""
+    warm-up, then a first-epoch and a later-epoch step) really called; then one phase of `run_phase` (its rollouts
+    and steps_per_phase steps) split into rollouts, scoring and optimisation, EOS suppressed in its rollouts only."""
     engines, rollouts, steps = [], [], []
     real_engine, real_rollouts, real_step = minillm.minillm_engine, minillm.collect_rollouts, minillm.minillm_step
 
@@ -129,13 +174,22 @@ def test_dry_run_times_the_trainers_rollouts_and_step(tmp_path, monkeypatch):
     cfg = gpu.stage_config(gpu.DRY_RUN_MICRO, dry=True)
     ((built_cfg, engine),) = engines
     assert built_cfg == cfg
-    assert rollouts == [cfg.micro_batch_size, cfg.batch_size]
+    assert rollouts == [cfg.micro_batch_size, cfg.batch_size, cfg.rollouts_per_phase]
     # (engine, rows, step index, teacher logits already cached when the step starts)
     b = cfg.batch_size
-    assert steps == [(engine, b, 0, False), (engine, b, 1, False), (engine, b, 2, True)]
+    assert steps[:3] == [(engine, b, 0, False), (engine, b, 1, False), (engine, b, 2, True)]
+    # run_phase: its steps from 0, with a TeacherLogitsCache of its own, empty at the first step
+    assert [s[2] for s in steps[3:]] == list(range(cfg.steps_per_phase))
+    assert [s[3] for s in steps[3:]] == [False] + [True] * (cfg.steps_per_phase - 1)
     (row,) = json.loads(path.read_text())["pairs"]
     assert row["status"] == "measured"
     assert row["step"]["gradient_accumulation_steps"] == cfg.batch_size // cfg.micro_batch_size
+    ph = row["phase"]
+    assert (ph["decode_cache"], ph["rollout_chunk"], ph["steps"]) == ("dynamic", cfg.micro_batch_size, 16)
+    assert ph["generated_tokens"] == cfg.rollouts_per_phase * cfg.generation.max_new_tokens  # EOS suppressed
+    assert ph["scoring_s"] > 0 and ph["rollouts_s"] > 0 and ph["optimisation_s"] > 0
+    assert ph["phase_s"] == pytest.approx(ph["rollouts_s"] + ph["scoring_s"] + ph["optimisation_s"])
+    assert minillm.rescore_rollouts.__name__ == "rescore_rollouts"  # the timing wrapper is gone again
 
 
 @pytest.mark.slow
@@ -176,10 +230,8 @@ def test_dry_run_command(tmp_path):
         # (engine.compute_dtype), so its fp32 copy, the same weights, scores it identically
         assert sc["student"]["dtype"] == "torch.bfloat16" and 0 < sc["student"]["forward_vs_fp32"]["mean"] < 0.05
         assert sc["teacher"]["dtype"] == "torch.float32" and sc["teacher"]["forward_vs_fp32"]["max"] == 0
-    static = first[FIRST]["static_cache"]
-    for v in ("hf_dynamic", "hf_static_eager", "hf_static_compiled", "ours", "ours_teacher_alone"):
-        assert static[v]["seconds"] > 0, v
-    assert "static_cache" not in first["opt 6.7B>1.3B"] and "rollout_scoring" not in first["opt 6.7B>1.3B"]
+    assert first[FIRST]["phase"]["steps"] == cfg.steps_per_phase
+    assert "phase" not in first["opt 6.7B>1.3B"] and "rollout_scoring" not in first["opt 6.7B>1.3B"]
     # the decode section: every variant timed; on a CPU both paths are fp32 and decode the same tokens
     d = r["decode"]
     assert (d["pair"], d["rows"], d["max_new_tokens"]) == (FIRST, cfg.batch_size, new)
@@ -197,5 +249,10 @@ def test_dry_run_command(tmp_path):
         for loop in ("static_mixed", "dynamic_mixed"):
             ph = r["phases"][name][loop]
             assert ph["phase_s"] == pytest.approx(ph["rollouts_s"] + ph["scoring_s"] + ph["optimisation_s"])
+    assert d["goals"]["rollouts_below_half_of_phase"] is not None  # read off the measured phase
+    # the markdown beside the JSON: date, the dry-run banner, every planned row measured here
+    md = (tmp_path / "gpu-dry-run.md").read_text()
+    assert md.startswith(f"# GPU run: {r['gpu']['name']}, {r['created'][:10]}") and "Dry run" in md
+    assert "not measured" not in md
     # the CPU report never lists a dry run as a GPU measurement
     assert cpu.gpu_section(tmp_path)["result_files"] == []

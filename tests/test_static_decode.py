@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmark import sampling
 from benchmark.config import GenerationSettings
-from benchmark.sampling import example_generators, left_pad, sample, sample_prompts
-from benchmark.static_decode import StaticDecoder, buckets
+from benchmark.sampling import decode_cache, example_generators, left_pad, sample, sample_prompts
+from benchmark.static_decode import StaticDecoder, buckets, repeated_ngram_mask
 
 PROMPTS = [
     "Below is an instruction.\n\n### Instruction:\nwhat is the cat?\n\n### Response:\n",
@@ -126,9 +127,9 @@ def test_batch_composition_does_not_change_an_examples_tokens(tiny_gpt2, tiny_op
     assert len(set(lengths)) > 2 and min(lengths) < 16, lengths  # decodes alone stop early
 
 
-def test_sample_and_sample_prompts_select_the_static_path(tiny_gpt2, tiny_opt, tiny_tokenizer):
-    """`sample(cache="static")` and `sample_prompts(cache="static")` (one decoder for every batch, the last one
-    smaller) give the dynamic default's outputs; greedy decoding too."""
+def test_sample_and_sample_prompts_select_the_static_path(tiny_gpt2, tiny_opt, tiny_tokenizer, monkeypatch):
+    """`sample(cache="static")` and `sample_prompts(cache="static")` (one decoder of batch_size rows for every batch,
+    the last one smaller) give the dynamic loop's outputs (the default on a CPU); greedy decoding too."""
     eos, seqs = tiny_tokenizer.eos_token_id, [tiny_tokenizer.encode(p) for p in PROMPTS]
     ids, mask = left_pad(seqs, eos)
     kw = dict(eos_token_id=eos, mix_model=tiny_opt, mix_alpha=0.2, return_logprobs=True)
@@ -161,7 +162,18 @@ def test_sample_and_sample_prompts_select_the_static_path(tiny_gpt2, tiny_opt, t
     )
     example_ids = [7, 3, 40, 2, 11, 5]
     dynamic = list(sample_prompts(tiny_gpt2, seqs, example_ids, settings, **pk))
+    built = []
+
+    class Counted(StaticDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(sampling, "StaticDecoder", Counted)
     static = list(sample_prompts(tiny_gpt2, seqs, example_ids, settings, cache="static", **pk))
+    assert [(d.rows, d.prompt_length) for d in built] == [(4, 32)]  # one decoder served both batches
+    list(sample_prompts(tiny_gpt2, seqs[:3], example_ids[:3], settings, cache="static", **pk))
+    assert built[-1].rows == 3  # never more rows than prompts
     assert [b[0] for b in static] == [b[0] for b in dynamic] == [[7, 3, 40, 2], [11, 5]]
     for (_, d_ids, d_mask, d_out), (_, s_ids, s_mask, s_out) in zip(dynamic, static, strict=True):
         assert torch.equal(d_ids, s_ids) and torch.equal(d_mask, s_mask) and s_ids.shape[1] == 32
@@ -182,11 +194,65 @@ def test_global_rng_draws_match(tiny_gpt2, tiny_tokenizer):
     _assert_same(*outs)
 
 
+def test_decode_cache_picks_static_on_cuda_only(tiny_gpt2, tiny_opt):
+    """None: static on a CUDA device unless a model is a ZeRO-3 shard (DeepSpeed marks its parameters with
+    ds_numel), dynamic elsewhere; an explicit choice is kept."""
+    assert decode_cache(None, "cpu", (tiny_gpt2, tiny_opt)) == "dynamic"
+    assert decode_cache(None, torch.device("cuda", 0), (tiny_gpt2, None)) == "static"
+    assert decode_cache("static", "cpu", (tiny_gpt2,)) == "static"
+    assert decode_cache("dynamic", "cuda", (tiny_gpt2,)) == "dynamic"
+    next(tiny_opt.parameters()).ds_numel = 7
+    assert decode_cache(None, "cuda", (tiny_gpt2, tiny_opt)) == "dynamic"
+    with pytest.raises(ValueError, match="cache='x'"):
+        decode_cache("x", "cpu", (tiny_gpt2,))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_repeated_ngram_mask_is_hf_no_repeat_ngram(n):
+    """The device-side ban equals Hugging Face's NoRepeatNGramLogitsProcessor on the first `length` tokens, at every
+    length (shorter than n included), whatever the buffer holds beyond them."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    V, g = 3, torch.Generator().manual_seed(n)
+    seq = torch.randint(0, V, (6, 40), generator=g)  # 3 tokens: n-grams repeat often
+    proc = NoRepeatNGramLogitsProcessor(n)
+    banned_somewhere = False
+    for length in range(0, 41):
+        got = repeated_ngram_mask(seq, torch.tensor([length]), n, V)
+        want = proc(seq[:, :length], torch.zeros(6, V)) == float("-inf")
+        assert torch.equal(got, want), length
+        banned_somewhere |= bool(want.any())
+    assert banned_somewhere
+
+
+@pytest.mark.parametrize("finished", ["mask", "bucket"])
+@pytest.mark.parametrize("do_sample", [True, False], ids=["sampled", "greedy"])
+def test_ngram_ban_same_tokens_as_the_dynamic_loop(finished, do_sample, tiny_gpt2, tiny_opt, tiny_tokenizer):
+    """Test-time sampling's n-gram ban (ref §5.1, here 2-grams so that the tiny models hit it) on the static path:
+    the dynamic loop's tokens and log-probs, teacher-mixed, and the ban really changes the tokens."""
+    eos = tiny_tokenizer.eos_token_id
+    ids, mask = left_pad([tiny_tokenizer.encode(p) for p in PROMPTS], eos)
+    banned = GenerationSettings(max_new_tokens=24, no_repeat_ngram_size=2, temperature=0.5, do_sample=do_sample)
+    kw = dict(eos_token_id=eos, mix_model=tiny_opt, mix_alpha=0.2, return_logprobs=True)
+    free = GenerationSettings(max_new_tokens=24, temperature=0.5, do_sample=do_sample)
+    hook = _eos_likely(tiny_gpt2, eos, bonus=1.5) if do_sample else None  # greedy: EOS would win at once
+    try:
+        dynamic = sample(tiny_gpt2, ids, mask, banned, generators=example_generators(2, range(6)), **kw)
+        dec = StaticDecoder(tiny_gpt2, banned, rows=6, prompt_length=ids.shape[1] + 3, finished=finished, **kw)
+        static = dec.decode(ids, mask, example_generators(2, range(6)))
+        unbanned = sample(tiny_gpt2, ids, mask, free, generators=example_generators(2, range(6)), **kw)
+    finally:
+        if hook is not None:
+            hook.remove()
+    _assert_same(dynamic, static)
+    assert not torch.equal(unbanned.response_ids, dynamic.response_ids)
+    if do_sample:  # rows finish at different steps: "bucket" moves the token buffer with the caches
+        assert min(dynamic.lengths.tolist()) < 24
+
+
 def test_refusals(tiny_gpt2, tiny_tokenizer):
     eos = tiny_tokenizer.eos_token_id
     settings = GenerationSettings(max_new_tokens=4)
-    with pytest.raises(ValueError, match="n-gram ban"):
-        StaticDecoder(tiny_gpt2, GenerationSettings(no_repeat_ngram_size=6), rows=2, prompt_length=4, eos_token_id=eos)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         StaticDecoder(tiny_gpt2, settings, rows=2, prompt_length=4, eos_token_id=eos, graphs=True)
     with pytest.raises(ValueError, match="finished="):
@@ -216,8 +282,9 @@ HOST_READS = {
 @pytest.mark.parametrize("family", ["tiny_gpt2", "tiny_opt"])
 def test_a_step_never_reads_a_tensor_on_the_host(family, request, tiny_tokenizer):
     """What a CUDA graph can record: every aten op the step dispatches (both forwards over the static caches, the
-    mixture, the draw, the stored log-probs, processors included) runs without reading a value back, so the step
-    has no data-dependent host control. Checked on CPU by recording the ops of every step of a decode."""
+    mixture, the draw, the stored log-probs, processors and the n-gram ban included) runs without reading a value
+    back, so the step has no data-dependent host control. Checked on CPU by recording the ops of every step of a
+    decode."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Record(TorchDispatchMode):
@@ -232,7 +299,7 @@ def test_a_step_never_reads_a_tensor_on_the_host(family, request, tiny_tokenizer
     model = request.getfixturevalue(family)
     teacher = request.getfixturevalue("tiny_opt" if family == "tiny_gpt2" else "tiny_gpt2")
     eos = tiny_tokenizer.eos_token_id
-    settings = GenerationSettings(max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9)
+    settings = GenerationSettings(max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9, no_repeat_ngram_size=3)
     dec = StaticDecoder(
         model,
         settings,
@@ -251,5 +318,6 @@ def test_a_step_never_reads_a_tensor_on_the_host(family, request, tiny_tokenizer
 
     dec._run_step = recorded
     dec.decode(*left_pad([tiny_tokenizer.encode(p) for p in PROMPTS[:3]], eos), example_generators(0, range(3)))
-    assert {"aten.searchsorted", "aten.index_copy_", "aten.addmm"} <= record.ops  # the draw, the cache write, a layer
+    # the draw, the cache write, a layer, the n-gram ban
+    assert {"aten.searchsorted", "aten.index_copy_", "aten.addmm", "aten.scatter_add_"} <= record.ops
     assert not record.ops & HOST_READS, record.ops & HOST_READS

@@ -5,10 +5,11 @@ compiled static-cache `generate`; token agreement; the share of a memory-bandwid
 Table 1's trained hops; and the phase split and stage hours those rates project.
 
 Steady state: every timed figure is one untimed call of the same variant at full length (graph capture, the CUDA
-allocator's growth, compilation), then `reps` timed calls (median). EOS is suppressed (`EOSLogit(-inf)`: every row
-decodes max_new_tokens) except under `stopping`, where EOS is made likely (a mean length of max_new_tokens /
-STOP_MEAN_FRACTION, i.e. p(EOS) ~ 1 / that per step, capped at max_new_tokens) to time the finished-row policies: the
-dynamic loop's compaction, the static path's masking and its bucketing.
+allocator's growth, compilation), then `reps` timed calls (median; one for the dynamic loop, the slowest). EOS is
+suppressed (`EOSLogit(-inf)`: every row decodes max_new_tokens) except under `stopping`, where EOS is made likely (a
+mean length of max_new_tokens / STOP_MEAN_FRACTION, i.e. p(EOS) ~ 1 / that per step, capped at max_new_tokens) to
+time the finished-row policies side by side: the dynamic loop's compaction, the static path's masking
+(`finished="mask"`: one graph, finished rows decode on) and its buckets (`finished="bucket"`).
 
 Bandwidth floor (the fastest a step can be, so `fraction_of_floor` <= 1 up to the floor's simplifications):
 
@@ -31,7 +32,7 @@ import time
 import torch
 
 from benchmark import minillm
-from benchmark.config import MiniLLMConfig, resolve
+from benchmark.config import MiniLLMConfig, for_scale
 from benchmark.perf.common import EOSLogit, hub_shaped_model, stop_bonus
 from benchmark.sampling import example_generators, sample
 from benchmark.static_decode import StaticDecoder
@@ -191,8 +192,10 @@ def decoders(student, teacher, cfg: MiniLLMConfig, ids, mask, *, logprobs: bool)
     def gens():
         return example_generators(cfg.seed, list(range(rows)))
 
-    def dynamic(compact: bool = True):
-        return lambda: sample(student, ids, mask, cfg.generation, generators=gens(), compact=compact, **kw)
+    def dynamic(compact: bool = True):  # explicitly: the default on a GPU is the static path
+        return lambda: sample(
+            student, ids, mask, cfg.generation, generators=gens(), compact=compact, cache="dynamic", **kw
+        )
 
     def static(finished: str = "bucket", graphs: bool | None = None):
         dec = StaticDecoder(
@@ -264,8 +267,9 @@ def measure_pair_decode(student, teacher, cfg: MiniLLMConfig, device, gpu_name: 
     mixed_dyn, mixed_static = decoders(s, t, cfg, ids, mask, logprobs=logprobs)
     _, student_static = decoders(s, None, cfg, ids, mask, logprobs=False)
     _, teacher_static = decoders(t, None, cfg, ids, mask, logprobs=False)
+    # the dynamic loop, the slowest variant and the known baseline (1892 tok/s, 2026-11-28), is timed once
     variants = {
-        "dynamic_mixed": (mixed_dyn, None),
+        "dynamic_mixed": (mixed_dyn, 1),
         "static_mixed": (mixed_static, None),
         "static_mixed_eager": (lambda: mixed_static(graphs=False), 1),
         "static_student": (student_static, None),
@@ -295,7 +299,7 @@ def measure_pair_decode(student, teacher, cfg: MiniLLMConfig, device, gpu_name: 
         EOSLogit(student, eos, bonus), EOSLogit(teacher, eos, bonus), cfg, ids, mask, logprobs=logprobs
     )
     stopping = {
-        "dynamic_compact": (dyn, None),
+        "dynamic_compact": (dyn, 1),
         "static_mask": (lambda: stat("mask"), None),
         "static_bucket": (lambda: stat("bucket"), None),
     }
@@ -414,8 +418,9 @@ def measure_hop_decode(student, teacher, cfg: MiniLLMConfig, device, *, reps: in
 
 def table1_trained_hops(overrides: dict) -> list[dict]:
     """The hops Table 1's entries train at paper scale (the plan's distill stages without a public checkpoint: the
-    one-step 1.5B hops are MiniLLM's released students): teacher and student sizes, the stages, and the stage
-    config (`resolve` of its plan config, then `overrides`)."""
+    one-step 1.5B hops are MiniLLM's released students; paper scale's default `authors` preset, what
+    `reproduce_table1` runs): teacher and student sizes, the stages, and the stage config (its plan config, then
+    `overrides`)."""
     from benchmark.plan import build_plan
 
     hops: dict[tuple[str, str], dict] = {}
@@ -428,7 +433,7 @@ def table1_trained_hops(overrides: dict) -> list[dict]:
         values = dict(stage.config["minillm"])
         for k, v in overrides.items():  # nested values field by field, as `resolve` merges them
             values[k] = values[k] | v if isinstance(v, dict) and isinstance(values.get(k), dict) else v
-        hop["config"] = resolve("minillm", "paper", values)
+        hop["config"] = for_scale(MiniLLMConfig, values)  # the stage's whole config, as the runner builds it
     return [hops[k] | {"name": f"gpt2 {k[0]}>{k[1]}"} for k in sorted(hops)]
 
 

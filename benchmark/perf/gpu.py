@@ -1,19 +1,25 @@
 """The GPU numbers, as ONE prepared run on a GPU machine (one H200, minutes): the trainer's own rollouts and optimizer
 step at the paper's model shapes.
 
-    python -m benchmark perf-gpu             # writes $OUT/gpu-<gpu>-<date>.json (or --out DIR), prints a summary
+    python -m benchmark perf-gpu             # writes $OUT/gpu-<gpu>-<date>.json and .md (or --out DIR), a summary
     python -m benchmark perf-gpu --dry-run   # the tiny scale's models in seconds, CPU or GPU: what the tests run
 
 Needs this repository and its dependencies (torch, transformers, DeepSpeed; no TRL, no network). Models are the real
 architectures with random weights (`common.hub_shaped_model`: the `paper` scale's shapes, the hub vocabularies):
 GPT-2 120M/340M/760M students with the 1.5B teacher; OPT 1.3B/2.7B students with the 6.7B teacher. The config is
-the paper's (`config.resolve("minillm", "paper", ...)`: its lr, betas, clip, kd_ratio, lengths and batch) in bf16
-with the pair's micro-batch (memory only). The student is trained by the engine of `minillm.minillm_engine`
-(DeepSpeed ZeRO-1 bf16: bf16 weights, fp32 master weights and AdamW states, as the trainer runs on a GPU); the
-teacher is frozen in the same precision. A dry run uses the tiny scale's models and short lengths: the same code;
-on a CPU, DeepSpeed's bf16 student beside an fp32 teacher (`engine.compute_dtype`). A pair that does not fit is
-recorded as "out of memory". Budget: it stops starting new pairs after --budget-s seconds (default 360) and marks
-the rest "skipped (time budget)".
+MiniLLM's paper's (`config.resolve` at paper scale under the `minillm` preset: its lr, betas, clip, kd_ratio,
+lengths and global batch 64, the batch of the 2026-11-28 measurement and of issue #18's goal) in bf16
+with the pair's micro-batch (no result depends on it; the trainer decodes rollouts in chunks of it). The student is
+trained by the engine of `minillm.minillm_engine` (DeepSpeed ZeRO-1 bf16: bf16 weights, fp32 master weights and
+AdamW states, as the trainer runs on a GPU); the teacher is frozen in the same precision. A dry run uses the tiny
+scale's models and short lengths: the same code; on a CPU, DeepSpeed's bf16 student beside an fp32 teacher
+(`engine.compute_dtype`). A pair that does not fit is recorded as "out of memory". Budget: it stops starting new
+pairs after --budget-s seconds (default 360) and marks the rest "skipped (time budget)". The JSON and its markdown
+(`gpu_report.render_markdown`: the date, the GPU, every planned row, "not measured" where a figure is missing) are
+written after every section, so a killed run keeps both.
+
+Rollouts decode with the trainer's default path (`sampling.decode_cache`): static caches and CUDA graphs on a GPU,
+the dynamic loop on a CPU (the dry run's); the JSON records which.
 
 Measured per pair:
   peak        the GPU's bf16 matmul TFLOPS: the best of large square matmuls (4096, 8192, 16384), timed synchronously
@@ -37,20 +43,24 @@ Measured per pair:
               incremental log q / log p against `minillm.rescore_rollouts`' full forward (what the trainer stores by
               default, as the reference does) and against an fp32 copy of the same weights; the share of tokens
               whose first-epoch PPO ratio would leave [0.8, 1.2] from precision alone if decode-time log q were stored
-  static      (first pair) the student decoding alone: HF generate with its DynamicCache, with a static cache
-              (eager, and compiled as generate does on CUDA), and our decode loop: the headroom of static shapes
+  phase       (first pair, after the steps) one phase of the trainer, `minillm.run_phase` itself on 256 random prompts
+              (EOS suppressed during its rollouts): rollouts (teacher-mixed decode and the logged pure-student
+              sample, decoders built and graphs captured as every phase does), scoring (time inside
+              `minillm.rescore_rollouts`), optimisation (its 16 steps): the measured phase split and stage hours
 
-Before the pairs, when the first pair is selected (`perf.decode`, issue #18; no new measurement after 240 s):
+Before the pairs, when the first pair is selected (`perf.decode`, issue #18; no new measurement after
+min(240 s, --budget-s - 120 s), leaving the pairs their time):
   decode      GPT-2 1.5B > 120M at the rollout batch (64 rows x 256 + 256 tokens, bf16), steady state: teacher-mixed
               with the dynamic loop and with the static-cache path (`static_decode`, a CUDA graph per step; also
               eager), each model alone over static caches, HF generate with the compiled static cache; finished rows
               (EOS made likely): compaction, masking, buckets; token agreement (bf16, and fp32 copies); tok/s as a
               share of the HBM bandwidth floor; Table 1's trained hops (340M>120M, 760M>120M, 760M>340M) both ways
-  phases      rollouts / scoring / optimisation per phase and the stage's hours on this GPU, with the static and the
-              dynamic decode, for that pair and the hops (a hop's optimisation is the measured 1.5B pair's with the
-              same student: an upper bound for its smaller teacher)
+  phases      projected from the steady-state figures: rollouts / scoring / optimisation per phase and the stage's
+              hours on this GPU, with the static and the dynamic decode, for that pair and the hops (a hop's
+              optimisation is the measured 1.5B pair's with the same student: an upper bound for its smaller teacher)
 
-The issue's run on one H200 (about 6 minutes):
+The issue's run on one H200 (about 6 minutes, an estimate: nothing of this version has run on a GPU yet; give it a
+timeout of 480 s):
     python -m benchmark perf-gpu --pairs "gpt2 1.5B>120M,gpt2 1.5B>340M" --budget-s 330
 """
 
@@ -62,21 +72,26 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from benchmark import minillm
-from benchmark.config import MiniLLMConfig, resolve, to_dict
+from benchmark.config import MiniLLMConfig, preset_overrides, resolve, to_dict
 from benchmark.engine import Dist, compute_dtype, init_distributed
 from benchmark.perf import decode
 from benchmark.perf.common import EOSLogit, PerfError, hub_shaped_model, package_versions
 from benchmark.perf.decode import Timer, fp32_copy, random_prompts
-from benchmark.sampling import example_generators, sample
+from benchmark.perf.gpu_report import render_markdown, summary
+from benchmark.sampling import decode_cache, example_generators, sample
 
-SCHEMA = "mskd-bench.perf-gpu/3"  # 3: the decode section (static caches, CUDA graphs); 2: the trainer's own code
+# 4: the measured phase (run_phase), no static_cache check, rollouts on the default (static) path, a markdown beside;
+# 3: the decode section (static caches, CUDA graphs); 2: the trainer's own code
+SCHEMA = "mskd-bench.perf-gpu/4"
 # In priority order: the two pairs the paper reports a wall time for come first. `micro`: sequences per micro-batch.
 PAIRS = [
     dict(
@@ -87,7 +102,7 @@ PAIRS = [
         micro=16,
         paper="under 10 h on 4x V100",
         paper_h=10.0,
-        checks=("scoring", "static_cache"),
+        checks=("scoring", "phase"),
     ),
     dict(
         name="opt 6.7B>2.7B",
@@ -103,21 +118,30 @@ PAIRS = [
     dict(name="gpt2 1.5B>340M", family="gpt2", teacher="1.5B", student="340M", micro=16, paper=None, paper_h=None),
     dict(name="gpt2 1.5B>760M", family="gpt2", teacher="1.5B", student="760M", micro=16, paper=None, paper_h=None),
 ]
-# --dry-run: the paper's config at lengths and batches a CPU runs in seconds (still 16 steps a phase, 4 per epoch)
+# --dry-run: the paper's config at lengths and batches a CPU runs in seconds (still 16 steps a phase, 4 per epoch;
+# whitening over the batch of 4: the `authors` preset's groups of 8, in Table 1's hops, do not divide it)
 DRY_RUN = dict(
-    batch_size=4, rollouts_per_phase=16, max_prompt_length=8, generation={"max_new_tokens": 8}, pt_seq_length=16
+    batch_size=4,
+    rollouts_per_phase=16,
+    max_prompt_length=8,
+    generation={"max_new_tokens": 8},
+    pt_seq_length=16,
+    whiten_group_size=None,
 )
 DRY_RUN_MICRO = 2
-# The decode section starts no new measurement after this many seconds of the run (dry run: no limit); its pair and
-# Table 1's hops at full length fit in ~4 minutes of an H200 (estimate from the 2026-11-28 rates), the pairs follow.
-DECODE_BUDGET_S = {False: 240.0, True: float("inf")}
+# The decode section starts no new measurement after DECODE_BUDGET_S seconds of the run, nor after --budget-s less
+# PAIRS_RESERVE_S (dry run: no limit): its pair and Table 1's hops at full length take ~3.5 minutes of an H200 and the
+# first two pairs with the measured phase ~2 (estimates from the 2026-11-28 rates).
+DECODE_BUDGET_S = 240.0
+PAIRS_RESERVE_S = 120.0
 
 
 def stage_config(micro: int, dry: bool) -> MiniLLMConfig:
-    """The paper's MiniLLM config in bf16 with a micro-batch of `micro` sequences (memory only: the step's result
-    does not depend on it); `dry`: the short lengths and batch of DRY_RUN."""
+    """The paper's MiniLLM config under the `minillm` preset (batch 64) in bf16 with a micro-batch of `micro`
+    sequences (memory only: the step's result does not depend on it); `dry`: the short lengths and batch of
+    DRY_RUN."""
     overrides = {"precision": "bf16", "micro_batch_size": micro} | (DRY_RUN if dry else {})
-    return resolve("minillm", "paper", overrides)
+    return resolve("minillm", "paper", preset_overrides("paper", "minillm") | overrides)
 
 
 def model_shape(model) -> tuple[int, int, int]:
@@ -190,6 +214,7 @@ def measure_rollouts(policy, teacher, cfg: MiniLLMConfig, dist: Dist) -> tuple[d
         "model_flops": flops,
         "decodes": decodes,
         "rollout_logprobs": cfg.rollout_logprobs,
+        "decode_cache": decode_cache(None, dist.device, (s, t)),
     }
     return figures, buf
 
@@ -240,44 +265,8 @@ def measure_scoring(policy, teacher, cfg: MiniLLMConfig, device) -> dict:
             "forward_vs_fp32": {"mean": float(d_fwd_ref.mean()), "max": float(d_fwd_ref.max())},
             "decode_vs_fp32": {"mean": float(d_dec_ref.mean()), "max": float(d_dec_ref.max())},
             "clipped_at_epoch1": float(((dec - fwd)[m].exp() - 1).abs().gt(0.2).float().mean()),
+            "decode_cache": decode_cache(None, device, (policy, teacher)),
         }
-    return res
-
-
-@torch.no_grad()
-def measure_static_cache(policy, teacher, cfg: MiniLLMConfig, device) -> dict:
-    """Headroom of static-shape KV caches for decoding (the student alone, one rollout chunk): Hugging Face generate
-    with its DynamicCache, with cache_implementation="static" (which generate compiles on CUDA), and our loop."""
-    eos = policy.config.eos_token_id
-    rows, new = cfg.micro_batch_size or cfg.batch_size, cfg.generation.max_new_tokens
-    ids = random_prompts(policy, rows, cfg.max_prompt_length, seed=2).to(device)
-    mask = torch.ones_like(ids)
-    common = dict(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=new,
-                  min_new_tokens=new, eos_token_id=eos, pad_token_id=eos)  # fmt: skip
-
-    def ours(model):
-        return sample(EOSLogit(model, eos, float("-inf")), ids, mask, cfg.generation, eos_token_id=eos,
-                      generators=example_generators(cfg.seed, list(range(rows))))  # fmt: skip
-
-    variants = {
-        "hf_dynamic": lambda: policy.generate(**common),
-        "hf_static_eager": lambda: policy.generate(**common, cache_implementation="static", disable_compile=True),
-        "hf_static_compiled": lambda: policy.generate(**common, cache_implementation="static"),
-        "ours": lambda: ours(policy),
-        "ours_teacher_alone": lambda: ours(teacher),
-    }
-    res = {}
-    for name, fn in variants.items():
-        try:
-            with Timer(device) as first:
-                fn()  # warm-up (and compilation)
-            with Timer(device) as t:
-                fn()
-            res[name] = {"first_call_s": first.seconds, "seconds": t.seconds, "tok_per_s": rows * new / t.seconds}
-        except Exception as exc:  # a compile failure is a result too
-            res[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
-    if "seconds" in res.get("hf_static_compiled", {}) and "seconds" in res.get("hf_dynamic", {}):
-        res["static_speedup_vs_dynamic"] = res["hf_dynamic"]["seconds"] / res["hf_static_compiled"]["seconds"]
     return res
 
 
@@ -327,6 +316,63 @@ def measure_step(engine, teacher, buf: minillm.Buffer, cfg: MiniLLMConfig, dist:
         "model_flops_per_step": flops,
         "model_flops_per_cached_step": flops - teacher_scoring if cfg.cache_teacher_logits else flops,
         "pt_loss": pt_chunks is not None,
+    }
+
+
+def measure_phase(engine, teacher, cfg: MiniLLMConfig, dist: Dist, out: Path) -> dict:
+    """One phase of the trainer, `minillm.run_phase` itself, on rollouts_per_phase random prompts with a PT batch of
+    random chunks, split as it runs: rollouts = run_phase's rollout_s less scoring (the teacher-mixed decode and the
+    logged pure-student sample on the trainer's default decode path, its decoders built and graphs captured as in
+    every phase); scoring = the seconds inside `minillm.rescore_rollouts` (the device synchronised around each
+    call); optimisation = the rest of the phase (its steps). EOS is suppressed during the rollouts only (forward
+    hooks removed before the first step), so every rollout runs max_new_tokens, as in `measure_rollouts`."""
+    policy = engine.module
+    eos = policy.config.eos_token_id
+    prompts = random_prompts(policy, cfg.rollouts_per_phase, cfg.max_prompt_length, seed=6).tolist()
+    g = torch.Generator().manual_seed(2)
+    pt_chunks = None
+    if cfg.pt_coef > 0:
+        pt_chunks = torch.randint(3, policy.config.vocab_size - 1, (cfg.batch_size, cfg.pt_seq_length), generator=g)
+
+    def no_eos(module, args, kwargs, output):
+        output.logits[..., eos] = float("-inf")
+        return output
+
+    hooks = [m.register_forward_hook(no_eos, with_kwargs=True) for m in (policy, teacher)]
+    rescore, scoring = minillm.rescore_rollouts, []
+
+    def timed_rescore(*args, **kwargs):
+        with Timer(dist.device) as t:
+            result = rescore(*args, **kwargs)
+        scoring.append(t.seconds)
+        return result
+
+    def rollouts_done(_buffer) -> None:
+        for h in hooks:
+            h.remove()
+
+    minillm.rescore_rollouts = timed_rescore  # collect_rollouts looks it up in its module at each call
+    try:
+        ran = minillm.run_phase(
+            engine, teacher, prompts, 0, cfg, dist, eos_token_id=eos, out=out, pt_chunks=pt_chunks,
+            on_rollouts=rollouts_done,
+        )  # fmt: skip
+    finally:
+        minillm.rescore_rollouts = rescore
+        rollouts_done(None)
+    phase_s, scoring_s = ran["phase_s"], sum(scoring)
+    return {
+        "decode_cache": decode_cache(None, dist.device, (policy, teacher)),
+        "rollout_chunk": engine.train_micro_batch_size_per_gpu(),
+        "rollouts_per_phase": cfg.rollouts_per_phase,
+        "generated_tokens": ran["generated_tokens"],
+        "steps": len(ran["steps"]),
+        "rollouts_s": ran["rollout_s"] - scoring_s,
+        "scoring_s": scoring_s,
+        "optimisation_s": phase_s - ran["rollout_s"],
+        "phase_s": phase_s,
+        "rollout_share": (ran["rollout_s"] - scoring_s) / phase_s,
+        "hours_1gpu": cfg.total_steps / cfg.steps_per_phase * phase_s / 3600,
     }
 
 
@@ -382,8 +428,11 @@ def _measure_pair(pair: dict, teacher, cfg: MiniLLMConfig, dist: Dist, dry: bool
         )
         if pair["paper_h"] is not None:
             row["projection"]["paper_hours_4x_v100"] = pair["paper_h"]
-        if "static_cache" in checks:
-            row["static_cache"] = measure_static_cache(policy, teacher, cfg, dist.device)
+        if "phase" in checks:  # last: its steps change the student
+            try:
+                row["phase"] = measure_phase(engine, teacher, cfg, dist, out)
+            except Exception as exc:  # the pair's other figures stand
+                row["phase"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
     finally:
         engine.destroy()
         del engine, policy, student
@@ -393,7 +442,8 @@ def _measure_pair(pair: dict, teacher, cfg: MiniLLMConfig, dist: Dist, dry: bool
 
 def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -> Path:
     """Measure every pair of PAIRS (or those named in `only`), starting none after `budget_s` seconds; write the JSON
-    (`out_dir`/gpu-<gpu>-<date>.json, gpu-dry-run.json for `dry`) and return its path."""
+    (`out_dir`/gpu-<gpu>-<date>.json, gpu-dry-run.json for `dry`) and its markdown beside it (.md), and return the
+    JSON's path."""
     t_start = time.perf_counter()
     if not dry and not torch.cuda.is_available():
         raise PerfError("no GPU: run with --dry-run to test the script on CPU")
@@ -412,6 +462,7 @@ def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -
     report = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmark " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["perf-gpu"] else None,
         "dry_run": dry,
         "gpu": {
             "name": gpu,
@@ -430,6 +481,7 @@ def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -
             "mfu": "model FLOPs (6N + 12LdS train, 2N + 4LdS forward) / seconds / measured bf16 matmul peak",
             "budget_s": budget_s,
             "pairs": list(only) or "all",
+            "planned_pairs": [p["name"] for p in PAIRS],
             "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         },
         "peak": None,
@@ -454,14 +506,13 @@ def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -
                 gpu,
                 dry=dry,
                 overrides=hop_overrides,
-                deadline=t_start + DECODE_BUDGET_S[dry],
+                deadline=t_start + (float("inf") if dry else min(DECODE_BUDGET_S, budget_s - PAIRS_RESERVE_S)),
             )
         except Exception as exc:  # keep the run going: the pairs still measure the trainer
             report["decode"] = {"status": f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"}
         if cuda:
             torch.cuda.empty_cache()
-        report["wall_s"] = time.perf_counter() - t_start
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        _write(report, path, t_start)
         print(f"[{report['wall_s']:.0f} s] decode section done", flush=True)
     teachers: dict[tuple[str, str], torch.nn.Module] = {}
     for pair in pairs:
@@ -489,20 +540,29 @@ def run(out_dir: Path, dry: bool, budget_s: float, only: tuple[str, ...] = ()) -
             row["status"] = f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
         if cuda:
             torch.cuda.empty_cache()
-        report["wall_s"] = time.perf_counter() - t_start
-        path.write_text(json.dumps(report, indent=2) + "\n")  # after every pair: a killed run keeps its results
+        _write(report, path, t_start)  # after every pair: a killed run keeps its results
         print(f"[{report['wall_s']:.0f} s] {row['pair']}: {row['status']}", flush=True)
     if "variants" in report.get("decode", {}):
         report["phases"] = project_phases(report, configs[decode_pair], hops)
-        static = report["phases"][decode_pair]["static_mixed"]
-        report["decode"]["goals"]["rollouts_below_half_of_phase"] = (
-            static["rollout_share"] < 0.5 if "rollout_share" in static else None
+        goals = report["decode"]["goals"]
+        measured = next((p["phase"] for p in report["pairs"] if p["pair"] == decode_pair and "phase" in p), {})
+        share = measured.get("rollout_share")
+        goals["rollouts_below_half_of_phase"] = share < 0.5 if share is not None else None
+        projected = report["phases"][decode_pair]["static_mixed"]
+        goals["projected_rollouts_below_half_of_phase"] = (
+            projected["rollout_share"] < 0.5 if "rollout_share" in projected else None
         )
+    _write(report, path, t_start)
+    print(summary(report))
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
+    return path
+
+
+def _write(report: dict, path: Path, t_start: float) -> None:
+    """The JSON at `path` and its markdown beside it, with the wall time so far."""
     report["wall_s"] = time.perf_counter() - t_start
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(summary(report))
-    print(f"wrote {path}")
-    return path
+    path.with_suffix(".md").write_text(render_markdown(report, path.name))
 
 
 def project_phases(report: dict, cfg: MiniLLMConfig, hops: list[dict]) -> dict:
@@ -527,76 +587,3 @@ def project_phases(report: dict, cfg: MiniLLMConfig, hops: list[dict]) -> dict:
                 row[loop] = {"status": v.get("error") or v.get("status") or "not measured"}
         out[name] = row
     return out
-
-
-def _decode_lines(r: dict) -> list[str]:
-    d = r.get("decode")
-    if not d:
-        return []
-    if "variants" not in d:
-        return [f"decode section: {d.get('status')}"]
-
-    def fig(v: dict) -> str:
-        return f"{v['tok_per_s']:.0f}" if "tok_per_s" in v else v.get("error") or v.get("status", "-")
-
-    floor = d["bandwidth_floor"]["tok_per_s"]
-    lines = [
-        f"decode {d['pair']}, {d['rows']} rows x {d['prompt_length']} + {d['max_new_tokens']} tokens ({d['dtype']}), "
-        f"tok/s; bandwidth floor {f'{floor:.0f}' if floor else d['bandwidth_floor']['source']}",
-        "  " + " | ".join(f"{k} {fig(v)}" for k, v in d["variants"].items()),
-        f"  stopping (mean length ~{d['stopping']['mean_length_target']:g}): "
-        + " | ".join(f"{k} {fig(v)}" for k, v in d["stopping"]["variants"].items()),
-        "  agreement (identical rows): "
-        + " | ".join(
-            f"{k} {a['identical_rows']:.0%}" if "rows" in a else f"{k} {a['status']}" for k, a in d["agreement"].items()
-        ),
-        "  of the floor: " + " | ".join(f"{k} {x:.2f}" for k, x in d["fraction_of_floor"].items()),
-        "  goals: " + ", ".join(f"{k}={v if not isinstance(v, float) else round(v, 2)}" for k, v in d["goals"].items()),
-    ]
-    for name, row in r.get("phases", {}).items():
-        for loop in ("static_mixed", "dynamic_mixed"):
-            ph = row[loop]
-            if ph.get("phase_s") is None:
-                got = ph.get("status") or f"rollouts {ph['rollouts_s']:.1f} s; optimisation {row['step_from']}"
-            else:
-                got = (
-                    f"{ph['rollouts_s']:.1f} / {ph['scoring_s']:.1f} / {ph['optimisation_s']:.1f} s = "
-                    f"{ph['phase_s']:.1f} s a phase (rollouts {ph['rollout_share']:.0%}), {ph['hours_1gpu']:.1f} h"
-                )
-            lines.append(f"  phase {name} {loop}: {got}")
-    return lines
-
-
-def summary(r: dict) -> str:
-    """The run as a few lines of text: one per pair, then the checks."""
-    lines = [
-        f"GPU {r['gpu']['name']}  {r['created']}{'  (DRY RUN: not a measurement)' if r['dry_run'] else ''}",
-        f"bf16 matmul peak {r['peak']['tflops']:.1f} TFLOPS",
-        f"{'pair':<16}{'rollout tok/s':>14}{'MFU':>7}{'step s':>8}{'cached s':>9}{'train tok/s':>12}{'MFU':>7}"
-        f"{'mem GiB':>9}{'stage h (1 GPU)':>17}  paper",
-    ]
-    for p in r["pairs"]:
-        if p.get("status") != "measured":
-            lines.append(f"{p['pair']:<16}{p.get('status')}")
-            continue
-        ro, s, pr, mem = p["rollouts"], p["step"], p["projection"], p["peak_memory_gib"]
-        lines.append(
-            f"{p['pair']:<16}{ro['tok_per_s']:>14.0f}{ro['mfu']:>7.3f}{s['step_s']:>8.2f}{s['cached_step_s']:>9.2f}"
-            f"{s['response_tok_per_s']:>12.0f}{s['mfu']:>7.2f}{(f'{mem:.1f}' if mem is not None else '-'):>9}"
-            f"{pr['hours_1gpu']:>17.1f}  {p['paper_report'] or '-'}"
-        )
-    for p in r["pairs"]:
-        for who, sc in (p.get("rollout_scoring") or {}).items():
-            dec, fwd = sc["decode_vs_forward"], sc["forward_vs_fp32"]
-            lines.append(
-                f"{p['pair']} {who} log-probs ({sc['dtype']}): |decode - forward| mean {dec['mean']:.2e} max "
-                f"{dec['max']:.2e}; |forward - fp32| mean {fwd['mean']:.2e}; ratio outside [0.8, 1.2] "
-                f"{sc['clipped_at_epoch1']:.2%}"
-            )
-        for name, v in (p.get("static_cache") or {}).items():
-            if isinstance(v, dict):
-                got = v.get("error") or f"{v['tok_per_s']:.0f} tok/s (first call {v['first_call_s']:.1f} s)"
-                lines.append(f"{p['pair']} student decode {name}: {got}")
-    lines += _decode_lines(r)
-    lines.append(f"wall {r['wall_s']:.0f} s")
-    return "\n".join(lines)
