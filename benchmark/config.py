@@ -303,7 +303,7 @@ class MiniLLMConfig:
     whiten_include_padding: bool = True  # ref utils.py whiten over the padded B x 256 tensor; False = valid only
     # Whitening statistics over groups of this many consecutive rollouts of the mini-batch instead of all of it: the
     # reference all-reduces them over the ranks once per micro-step (ref utils.py::whiten, `get_global_statistics`),
-    # so a group is per-GPU batch x data-parallel ranks (the authors' 2 x 4 GPUs = 8, `scales.PRESETS["authors"]`).
+    # so a group is per-GPU batch x data-parallel ranks (the authors' 2 x 4 GPUs = 8: scales.PAPER_PRESETS["authors"]).
     # Defined in rollouts, not ranks, so results do not depend on the GPU count. None = the whole global mini-batch.
     whiten_group_size: int | None = field(default=None, metadata=ADDED_FIELD)
     # --- losses (ref §1.3 "RL loss", "PT loss")

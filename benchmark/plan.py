@@ -352,7 +352,7 @@ def resolved_entry(
 
 
 def _preset_text(plan: Plan) -> str:
-    """ ", hop preset authors" when the scale has presets (paper), naming the one the plan's hops take."""
+    """The plan header's mention of the hop preset (paper scale, the only one with presets): `, hop preset authors`."""
     sc = scales.scale(plan.scale)
     if not sc.presets:
         return ""
