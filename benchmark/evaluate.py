@@ -738,25 +738,12 @@ def evaluate_model(
         results.make_record(metric="perplexity_gold", values=[_ppl_example_mean(gold)], seeds=None, **common),
         results.make_record(metric="perplexity_gold_token", values=[_ppl_token(gold)], seeds=None, **common),
     ]
-    if scorer_model is not None:
-        records.append(
-            results.make_record(
-                metric="perplexity_samples",
-                values=per_seed["perplexity_samples"],
-                seeds=list(cfg.seeds),
-                scorer=scorer_id,
-                **common,
-            )
-        )
+    scorers = {"perplexity_samples": scorer_id} if scorer_model is not None else {}
     if text_scorer is not None:
+        scorers["perplexity_text"] = results.model_identity(text_scorer)
+    for metric, who in scorers.items():  # the per-seed perplexities under a scorer, which each record names
         records.append(
-            results.make_record(
-                metric="perplexity_text",
-                values=per_seed["perplexity_text"],
-                seeds=list(cfg.seeds),
-                scorer=results.model_identity(text_scorer),
-                **common,
-            )
+            results.make_record(metric=metric, values=per_seed[metric], seeds=list(cfg.seeds), scorer=who, **common)
         )
     if results_path is not None:
         results.append(results_path, records)
