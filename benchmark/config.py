@@ -330,6 +330,10 @@ class MiniLLMConfig:
     # "best_of_validations"). None = every validation is a candidate (the MiniLLM paper's rule, ref §1.5).
     select_interval: int | None = field(default=None, metadata=ADDED_FIELD)
     val_examples: int | None = 1000  # --dev-num
+    # The hop's own before/after reverse-KL measures (`minillm._Hop.measure_reverse_kl`, not in the reference) on the
+    # first this many validation prompts; None = the whole validation split (at paper scale 1000 prompts x 2 sampled
+    # seeds, before and after: ~4000 teacher-scored samples per hop). Measurement only: training is unchanged.
+    kl_examples: int | None = field(default=None, metadata=ADDED_FIELD)
     checkpoint_interval: int = 500  # --save-interval, in optimizer steps; rounded up to a phase boundary
     seed: int = 10  # --seed (torch/np/random = seed + rank)
     seed_ppo: int = 42  # --seed-ppo (buffer shuffling)
@@ -365,6 +369,7 @@ class MiniLLMConfig:
             pt_seq_length=POSITIVE,
             eval_interval=POSITIVE,
             val_examples=POSITIVE,
+            kl_examples=POSITIVE,
             checkpoint_interval=POSITIVE,
             seed=NON_NEGATIVE,
             seed_ppo=NON_NEGATIVE,

@@ -624,10 +624,10 @@ class _Hop:
         )
 
     def measure_reverse_kl(self, state: dict, model, into: str) -> None:
-        """The student's reverse KL to the teacher on the whole validation split, teacher-forced on the gold
-        responses and on its own samples, as state["heldout_rev_kl"][into] and state["sequence_rev_kl"][into]
-        ("init": before the hop, "selected": after)."""
-        heldout = self.data.split("valid")
+        """The student's reverse KL to the teacher on the validation split (its first `kl_examples` prompts),
+        teacher-forced on the gold responses and on its own samples, as state["heldout_rev_kl"][into] and
+        state["sequence_rev_kl"][into] ("init": before the hop, "selected": after)."""
+        heldout = self.data.split("valid")[: self.cfg.kl_examples]
         eos, batch = self.data.eos_token_id, self.engine.train_micro_batch_size_per_gpu()
         teacher_forced = state.setdefault("heldout_rev_kl", {"examples": len(heldout)})
         sampled = state.setdefault("sequence_rev_kl", {"examples": len(heldout), "seeds": list(SEQUENCE_KL_SEEDS)})

@@ -38,8 +38,9 @@ TARGETS = ("table1", "table2", "table3", "table4")
 # Small where the paper is big, nothing else: the default `authors` preset (scales.PAPER_PRESETS) shrunk to 8
 # rollouts x 4 PPO epochs / batch 4 = 8 steps, one phase per hop, whitened in 2 groups of 2 rollouts, validated at
 # steps 0, 4 and 8 with only step 8 a selection candidate (4 is recorded as the best of the validations), a PT batch
-# each step; one seed of 4 test prompts per evaluation, perplexity_text under the family's text scorer. fp32
-# because the paper's fp16 (ZeRO-1 fp16) is a GPU path; prompt (256) and PT (512) lengths stay the paper's.
+# each step, the before/after reverse-KL measures on 8 validation prompts; one seed of 4 test prompts per
+# evaluation, perplexity_text under the family's text scorer. fp32 because the paper's fp16 (ZeRO-1 fp16) is a GPU
+# path; prompt (256) and PT (512) lengths stay the paper's.
 REHEARSAL_OVERRIDES = {
     "minillm": {
         "total_steps": 8,
@@ -50,6 +51,7 @@ REHEARSAL_OVERRIDES = {
         "eval_interval": 4,
         "select_interval": 8,
         "val_examples": 4,
+        "kl_examples": 8,
         "checkpoint_interval": 8,
         "generation": {"max_new_tokens": 16},
         "precision": "fp32",

@@ -73,6 +73,7 @@ MINILLM = {
     "eval_interval": 100,  # ref §2.1 --eval-interval 100
     "select_interval": None,  # MiniLLM paper: best of every validation (the authors' preset: their 500-step saves)
     "val_examples": 1000,  # ref §2.1 --dev-num 1000
+    "kl_examples": None,  # project: the hop's before/after KL measures on the whole validation split
     "checkpoint_interval": 500,  # ref §2.1 --save-interval 500
     "seed": 10,  # ref §2.1 --seed 10
     "seed_ppo": 42,  # ref §2.1 --seed-ppo 42
@@ -321,6 +322,7 @@ RANGES = [
     (MiniLLMConfig, "pt_seq_length", [0], [1]),
     (MiniLLMConfig, "eval_interval", [0], [1]),
     (MiniLLMConfig, "val_examples", [0], [1, None]),
+    (MiniLLMConfig, "kl_examples", [0], [1, None]),
     (MiniLLMConfig, "checkpoint_interval", [0], [1]),
     (MiniLLMConfig, "seed", [-1], [0]),
     (MiniLLMConfig, "seed_ppo", [-1], [0]),
@@ -406,14 +408,15 @@ def test_fields_added_later_are_left_out_of_stage_configs_at_their_default():
     """config.ADDED_FIELD: whiten_group_size and select_interval appear in a config's dict (and so in its stage's
     id) only when set, so the tiny and small hops, which leave them at None, keep the ids of before the fields."""
     cfg = MiniLLMConfig()
-    assert {"whiten_group_size", "select_interval"}.isdisjoint(config.to_dict(cfg))
+    assert {"whiten_group_size", "select_interval", "kl_examples"}.isdisjoint(config.to_dict(cfg))
     assert config.for_scale(MiniLLMConfig, config.to_dict(cfg)) == cfg
     grouped = MiniLLMConfig(batch_size=16, whiten_group_size=8, select_interval=500)
     assert config.to_dict(grouped)["whiten_group_size"] == 8 and config.to_dict(grouped)["select_interval"] == 500
     assert config.for_scale(MiniLLMConfig, config.to_dict(grouped)) == grouped
     assert config.config_hash(grouped) != config.config_hash(dataclasses.replace(grouped, whiten_group_size=None))
     for scale in ("tiny", "small"):
-        assert {"whiten_group_size", "select_interval"}.isdisjoint(config.to_dict(config.resolve("minillm", scale)))
+        added = {"whiten_group_size", "select_interval", "kl_examples"}
+        assert added.isdisjoint(config.to_dict(config.resolve("minillm", scale)))
 
 
 def test_paper_hops_take_the_authors_preset_and_minillm_is_one_option_away():

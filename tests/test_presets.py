@@ -84,3 +84,18 @@ def test_selection_only_among_saved_steps_records_the_best_of_validations(monkey
     else:
         assert saved == [4, 8] and state["best"] == {"step": 8, "val_rouge_l": 22.0}  # step 6's 25 was not saved
         assert state["best_of_validations"] == {"step": 2, "val_rouge_l": 30.0}
+
+
+def test_kl_examples_caps_the_hops_before_after_measures(monkeypatch):
+    """MiniLLMConfig.kl_examples: the hop's reverse-KL measures read the first kl_examples validation prompts (None:
+    all of them); measurement only."""
+    seen = []
+    monkeypatch.setattr(minillm, "heldout_reverse_kl", lambda m, t, ex, *a: seen.append(len(ex)) or 0.5)
+    monkeypatch.setattr(minillm, "sequence_reverse_kl", lambda m, t, ex, *a: seen.append(len(ex)) or {})
+    engine = type("Engine", (), {"train_micro_batch_size_per_gpu": lambda self: 2})()
+    data = type("Data", (), {"eos_token_id": 0, "split": lambda self, name: list(range(10))})()
+    for cap, want in ((3, 3), (None, 10)):
+        cfg = config.for_scale(MiniLLMConfig, {"kl_examples": cap})
+        state = {}
+        minillm._Hop(engine, None, data, cfg, None, None, None).measure_reverse_kl(state, None, "init")
+        assert seen[-2:] == [want, want] and state["heldout_rev_kl"] == {"examples": want, "init": 0.5}
