@@ -161,16 +161,20 @@ def collect_rollouts(
     uses_log_p = cfg.teacher_mixed_alpha > 0 or cfg.policy_gradient
     decodes_teacher = cfg.teacher_mixed_alpha > 0 if forward else uses_log_p or cfg.log_student_sample
     parts, stats = [], {"mixed_lens": [], "stu_lens": [], "rev_kl": []}
-    batches = sample_prompts(
+    # the student decodes this rank's prompts in chunks, one generator per (seed, draw id)
+    decode = functools.partial(
+        sample_prompts,
         student,
         prompts,
         draw_ids,
         cfg.generation,
-        seed=cfg.seed,
         eos_token_id=eos_token_id,
         max_prompt_length=cfg.max_prompt_length,
         batch_size=chunk_size,
         device=dist.device,
+    )
+    batches = decode(
+        seed=cfg.seed,
         mix_model=teacher if decodes_teacher else None,
         mix_alpha=cfg.teacher_mixed_alpha,  # ref §1.3 step 1: teacher-mixed sampling
         return_logprobs=not forward,
@@ -193,22 +197,8 @@ def collect_rollouts(
         # ref sampler.py lines 83-94: a pure-student sample of the same prompts, used only for logging. Decoded after
         # the rollouts, by its own sample_prompts call: on a GPU each call holds one static decoder (caches for
         # chunk_size x (max_prompt_length + max_new_tokens) of both models, its CUDA graphs) and frees it at its end,
-        # so a phase never holds two. Generators (seed + 1, draw id) and chunks as the rollouts'.
-        logged = sample_prompts(
-            student,
-            prompts,
-            draw_ids,
-            cfg.generation,
-            seed=cfg.seed + 1,
-            eos_token_id=eos_token_id,
-            max_prompt_length=cfg.max_prompt_length,
-            batch_size=chunk_size,
-            device=dist.device,
-            mix_model=teacher,
-            mix_alpha=0.0,
-            return_logprobs=True,
-        )
-        for _, _, _, stu in logged:
+        # so a phase never holds two. Generators (seed + 1, draw id), chunks as the rollouts'.
+        for _, _, _, stu in decode(seed=cfg.seed + 1, mix_model=teacher, mix_alpha=0.0, return_logprobs=True):
             stats["stu_lens"].append(stu.lengths.float())
             stats["rev_kl"].append(((stu.student_logprobs - stu.teacher_logprobs) * stu.response_mask).sum(-1))
     return _concat(parts), {k: torch.cat(v).mean().item() for k, v in stats.items() if v}

@@ -72,6 +72,21 @@ def stop_bonus(vocab_size: int, mean_length: float) -> float:
     return math.log(vocab_size / (mean_length - 1))
 
 
+def hf_sampling(eos_token_id: int, new_tokens: int) -> dict:
+    """`generate` arguments that sample as the rollouts do (temperature 1, top-k 0, top-p 1) exactly `new_tokens`
+    tokens: `min_new_tokens` is HF's way to suppress EOS (MinNewTokensLengthLogitsProcessor)."""
+    return dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The machine
 # ----------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from benchmark.perf.common import (
     EOSLogit,
     PerfError,
     calibrate_matmul,
+    hf_sampling,
     machine_info,
     memory,
     rss_now_mb,
@@ -187,19 +188,7 @@ def worker_rollouts(setup: dict, rnd: int, quick: bool) -> dict:
 
     @torch.no_grad()
     def hf_generate():
-        out = student.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            use_cache=True,
-            max_new_tokens=T,
-            min_new_tokens=T,  # HF's way to suppress EOS (MinNewTokensLengthLogitsProcessor)
-            eos_token_id=eos,
-            pad_token_id=eos,
-        )
+        out = student.generate(input_ids=ids, attention_mask=mask, use_cache=True, **hf_sampling(eos, T))
         return int(out.shape[1] - ids.shape[1]) * B
 
     variants = {

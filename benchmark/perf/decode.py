@@ -33,7 +33,7 @@ import torch
 
 from benchmark import minillm
 from benchmark.config import MiniLLMConfig, for_scale
-from benchmark.perf.common import EOSLogit, hub_shaped_model, stop_bonus
+from benchmark.perf.common import EOSLogit, hf_sampling, hub_shaped_model, stop_bonus
 from benchmark.sampling import example_generators, sample
 from benchmark.static_decode import StaticDecoder
 
@@ -220,16 +220,7 @@ def hf_static_compiled(model, ids, mask, new_tokens: int):
 
     def call():
         out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            eos_token_id=eos,
-            pad_token_id=eos,
-            cache_implementation="static",
+            input_ids=ids, attention_mask=mask, cache_implementation="static", **hf_sampling(eos, new_tokens)
         )
         return _Generated(out[:, ids.shape[1] :])
 

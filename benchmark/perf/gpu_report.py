@@ -35,6 +35,13 @@ def _why(v: dict | None, default: str) -> str:
     return f"{NOT_MEASURED} ({v.get('error') or v.get('status') or default})"
 
 
+def _missing_row(label: str, absent: str | None, v: dict | None, columns: int) -> str:
+    """A table row of `columns` cells for a figure that is not there, saying why: the whole section's absence, or
+    the variant's own error or status."""
+    why = f"{NOT_MEASURED} ({absent})" if absent else _why(v, "not run")
+    return f"| {label} | {why} |" + " |" * (columns - 2)
+
+
 def _num(x, fmt: str = "{:.0f}") -> str:
     return fmt.format(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
@@ -78,7 +85,7 @@ def _decode_markdown(r: dict) -> list[str]:
     for key, label in DECODE_VARIANTS:
         v = variants.get(key)
         if absent or not v or "tok_per_s" not in v:
-            lines.append(f"| {label} | {absent and f'{NOT_MEASURED} ({absent})' or _why(v, 'not run')} | | | |")
+            lines.append(_missing_row(label, absent, v, 5))
             continue
         share = _num(floor_share.get(key), "{:.3f}")
         lines.append(f"| {label} | {v['tok_per_s']:.0f} | {v['seconds']:.2f} | {v['first_call_s']:.2f} | {share} |")
@@ -107,7 +114,7 @@ def _decode_markdown(r: dict) -> list[str]:
     for key, label in STOPPING_VARIANTS:
         v = stopping.get("variants", {}).get(key)
         if absent or not v or "tok_per_s" not in v:
-            lines.append(f"| {label} | {absent and f'{NOT_MEASURED} ({absent})' or _why(v, 'not run')} | | |")
+            lines.append(_missing_row(label, absent, v, 4))
         else:
             lines.append(f"| {label} | {v['tok_per_s']:.0f} | {v['seconds']:.2f} | {v['first_call_s']:.2f} |")
 
@@ -122,7 +129,7 @@ def _decode_markdown(r: dict) -> list[str]:
     for key, label in AGREEMENTS:
         a = d.get("agreement", {}).get(key)
         if absent or not a or "identical_rows" not in a:
-            lines.append(f"| {label} | {absent and f'{NOT_MEASURED} ({absent})' or _why(a, 'not run')} | | | |")
+            lines.append(_missing_row(label, absent, a, 5))
             continue
         lines.append(
             f"| {label} | {a['identical_rows']:.0%} of {a['rows']} | {_num(a['mean_first_difference'], '{:.1f}')} | "
